@@ -1,0 +1,153 @@
+"""Train/validation split and the two ways of cutting the character stream into batches.
+
+Batches are time-major: ``x[t, b]`` is step t of stream b, shape ``[L, B]``, and the
+targets ``y`` are the same windows shifted by one character.
+
+Sequential partitioning (the book's sequential iterator; the hidden state carries over)::
+
+    tokens   . . o| a0 a1 a2 a3 a4 a5 | b0 b1 b2 b3 b4 b5 | c0 c1 ...   (o = random offset per epoch)
+                      stream 0            stream 1
+    x  step t:   0  1  2 | 3  4  5
+    stream 0:   a0 a1 a2 | a3 a4 a5      window k+1 of a stream continues window k,
+    stream 1:   b0 b1 b2 | b3 b4 b5      so the final state of one window is the
+    stream 2:   c0 c1 c2 | c3 c4 c5      initial state of the next.
+               window 0   window 1       (windows may have any length on request)
+
+Random partitioning (the book's random iterator): each window is B independent slices
+at random positions, and every window starts from a fresh state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import DataError
+from .vocab import Vocab
+
+
+@dataclass
+class Dataset:
+    vocab: Vocab
+    train: torch.Tensor  # 1-D token ids
+    val: torch.Tensor  # 1-D token ids, the last `val_fraction` of the stream
+
+
+def min_corpus_length(batch_size: int, num_steps: int, val_fraction: float) -> int:
+    """Fewest characters that give one training batch of one window (and a validation window)."""
+    need_train = batch_size * num_steps + 1
+    n = math.ceil(need_train / (1 - val_fraction))
+    while not _split_fits(n, batch_size, num_steps, val_fraction):
+        n += 1
+    return n
+
+
+def _split_fits(n: int, batch_size: int, num_steps: int, val_fraction: float) -> bool:
+    n_val = int(n * val_fraction)
+    return n - n_val >= batch_size * num_steps + 1 and (val_fraction == 0 or n_val >= 2)
+
+
+def build_dataset(
+    text: str, batch_size: int, num_steps: int, val_fraction: float, vocab: Vocab | None = None
+) -> Dataset:
+    """Tokenize `text` and split off the last `val_fraction` as validation (contiguous, no overlap)."""
+    if not _split_fits(len(text), batch_size, num_steps, val_fraction):
+        need = min_corpus_length(batch_size, num_steps, val_fraction)
+        raise DataError(
+            f"corpus has {len(text)} characters after preprocessing but batch size {batch_size} "
+            f"and window {num_steps} need at least {need}; use a longer text or lower "
+            f"--batch-size/--num-steps"
+        )
+    vocab = vocab or Vocab.build(text)
+    ids = vocab.encode(text)
+    n_val = int(len(ids) * val_fraction)
+    return Dataset(vocab, ids[: len(ids) - n_val], ids[len(ids) - n_val :])
+
+
+class SequentialStreams:
+    """B parallel contiguous streams; windows follow each other, so the state carries over."""
+
+    carries_state = True
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, num_steps: int, generator: torch.Generator):
+        self.tokens, self.batch_size, self.generator = tokens, batch_size, generator
+        slack = len(tokens) - 1 - batch_size * num_steps
+        self.max_offset = min(num_steps - 1, slack)
+        self.offset, self.cursor = 0, 0
+        self._layout()
+
+    def start_epoch(self) -> None:
+        self.offset = int(torch.randint(0, self.max_offset + 1, (), generator=self.generator))
+        self.cursor = 0
+        self._layout()
+
+    def _layout(self) -> None:
+        steps = (len(self.tokens) - 1 - self.offset) // self.batch_size
+        span = self.batch_size * steps
+        inputs = self.tokens[self.offset : self.offset + span]
+        targets = self.tokens[self.offset + 1 : self.offset + 1 + span]
+        self.x = inputs.view(self.batch_size, steps).t().contiguous()
+        self.y = targets.view(self.batch_size, steps).t().contiguous()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def remaining(self) -> int:
+        return self.steps_per_epoch - self.cursor
+
+    def next(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `length` steps of every stream, `[length, B]` each."""
+        start, self.cursor = self.cursor, self.cursor + length
+        return self.x[start : self.cursor], self.y[start : self.cursor]
+
+    def state_dict(self) -> dict:
+        return {"offset": self.offset, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.offset, self.cursor = state["offset"], state["cursor"]
+        self._layout()
+
+
+class RandomWindows:
+    """Windows of B independent slices at uniformly random positions; each starts a fresh state."""
+
+    carries_state = False
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, num_steps: int, generator: torch.Generator):
+        self.tokens, self.batch_size, self.generator = tokens, batch_size, generator
+        self.steps_per_epoch = (len(tokens) - 1) // batch_size
+        self.cursor = 0
+
+    def start_epoch(self) -> None:
+        self.cursor = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.steps_per_epoch - self.cursor
+
+    def next(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        length = min(length, len(self.tokens) - 1)
+        self.cursor += length
+        starts = torch.randint(0, len(self.tokens) - length, (self.batch_size,), generator=self.generator)
+        index = starts[None, :] + torch.arange(length)[:, None]
+        return self.tokens[index], self.tokens[index + 1]
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = state["cursor"]
+
+
+def eval_windows(tokens: torch.Tensor, batch_size: int, num_steps: int):
+    """Sequential windows over `tokens` for evaluation: every target predicted exactly once."""
+    streams = max(1, min(batch_size, (len(tokens) - 1) // num_steps))
+    steps = (len(tokens) - 1) // streams
+    x = tokens[: streams * steps].view(streams, steps).t()
+    y = tokens[1 : 1 + streams * steps].view(streams, steps).t()
+    for start in range(0, steps, num_steps):
+        yield x[start : start + num_steps], y[start : start + num_steps]
