@@ -1,0 +1,231 @@
+"""One typed configuration tree: YAML file, then command-line flags, then `--set dotted.key=value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .corpus import Preprocess
+from .download import DEFAULT_SHA1, DEFAULT_URL
+from .errors import ConfigError
+from .recurrence import Cell
+from .strategies import Schedule, StrategyName
+
+
+class Partition(str, enum.Enum):
+    sequential = "sequential"
+    random = "random"
+
+
+class OptimizerName(str, enum.Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class LrSchedule(str, enum.Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # a UTF-8 text file; None means The Time Machine, downloaded and cached
+    url: str = DEFAULT_URL
+    sha1: str = DEFAULT_SHA1
+    data_dir: str | None = None  # download cache; None means $BPTT_DATA_DIR or ./data
+    preprocess: Preprocess = Preprocess.letters
+    val_fraction: float = 0.1
+    partition: Partition = Partition.sequential
+    batch_size: int = 32
+
+
+@dataclass
+class ModelConfig:
+    cell: Cell = Cell.rnn
+    hidden: int = 512
+    layers: int = 1
+    dropout: float = 0.0
+    embedding: int = 0  # 0 means one-hot input
+
+
+@dataclass
+class StrategyConfig:
+    name: StrategyName = StrategyName.truncated
+    num_steps: int = 35  # tau: the window, and the mean segment length of `random`
+    schedule: Schedule = Schedule.geometric
+    alpha: float = 4.0  # polytail exponent
+
+
+@dataclass
+class OptimConfig:
+    optimizer: OptimizerName = OptimizerName.sgd
+    lr: float = 1.0
+    clip: float = 1.0  # global L2 norm; 0 disables
+    weight_decay: float = 0.0
+    schedule: LrSchedule = LrSchedule.constant
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # 0 means no limit
+    max_time: float = 0.0  # seconds; 0 means no limit
+    eval_every: int = 200  # steps; 0 evaluates only at the end
+    log_every: int = 50
+    seed: int = 0
+    device: Device = Device.auto
+    run_dir: str | None = None
+    recompute: bool = False  # segment checkpointing: O(sqrt(L)) memory for long segments
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value, kind, key: str):
+    """Convert a YAML value to the field's type, or raise a ConfigError naming the key."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in kind)
+            raise ConfigError(f"{key}: '{value}' is not one of {choices}") from None
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, kind, prefix + name)
+    return cls(**kwargs)
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict (enums as their values): what config.yaml and checkpoints store."""
+    plain = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        plain[f.name] = value
+    return plain
+
+
+def from_dict(values: dict) -> Config:
+    return validate(_build(Config, values))
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"unknown config key '{key}'")
+        node = child
+    node[leaf] = value
+
+
+def parse_set(item: str) -> tuple[str, object]:
+    """'optim.lr=0.5' -> ('optim.lr', 0.5), the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set '{item}' is not KEY=VALUE; e.g. --set optim.lr=0.5")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file, e.g. configs/default.yaml") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    return values
+
+
+def load_config(path: Path | None = None, flags: dict | None = None, sets: list[str] = ()) -> Config:
+    """The YAML file (if any), then flags (dotted key -> value, None skipped), then --set items."""
+    values = read_yaml(path) if path else {}
+    overrides = [(k, v) for k, v in (flags or {}).items() if v is not None] + [parse_set(s) for s in sets]
+    for key, value in overrides:
+        _set_dotted(values, key, value.value if isinstance(value, enum.Enum) else value)
+    return from_dict(values)
+
+
+def _check(ok: bool, key: str, rule: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {rule} (got {value})")
+
+
+def validate(c: Config) -> Config:
+    _check(c.data.batch_size > 0, "data.batch_size", "> 0", c.data.batch_size)
+    _check(0 <= c.data.val_fraction < 1, "data.val_fraction", "in [0, 1)", c.data.val_fraction)
+    _check(c.model.hidden > 0, "model.hidden", "> 0", c.model.hidden)
+    _check(c.model.layers > 0, "model.layers", "> 0", c.model.layers)
+    _check(0 <= c.model.dropout < 1, "model.dropout", "in [0, 1)", c.model.dropout)
+    _check(c.model.embedding >= 0, "model.embedding", ">= 0 (0 = one-hot)", c.model.embedding)
+    _check(c.strategy.num_steps > 0, "strategy.num_steps", "> 0", c.strategy.num_steps)
+    _check(c.strategy.alpha > 2, "strategy.alpha", "> 2", c.strategy.alpha)
+    _check(c.optim.lr > 0, "optim.lr", "> 0", c.optim.lr)
+    _check(c.optim.clip >= 0, "optim.clip", ">= 0 (0 disables clipping)", c.optim.clip)
+    _check(c.optim.weight_decay >= 0, "optim.weight_decay", ">= 0", c.optim.weight_decay)
+    _check(c.train.epochs > 0, "train.epochs", "> 0", c.train.epochs)
+    _check(c.train.max_steps >= 0, "train.max_steps", ">= 0 (0 = no limit)", c.train.max_steps)
+    _check(c.train.max_time >= 0, "train.max_time", ">= 0 (0 = no limit)", c.train.max_time)
+    _check(c.train.eval_every >= 0, "train.eval_every", ">= 0", c.train.eval_every)
+    _check(c.train.log_every > 0, "train.log_every", "> 0", c.train.log_every)
+    return c
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
