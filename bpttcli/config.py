@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import types
@@ -193,9 +194,11 @@ def read_yaml(path: Path) -> dict:
     return values
 
 
-def load_config(path: Path | None = None, flags: dict | None = None, sets: list[str] = ()) -> Config:
-    """The YAML file (if any), then flags (dotted key -> value, None skipped), then --set items."""
-    values = read_yaml(path) if path else {}
+def load_config(
+    path: Path | None = None, flags: dict | None = None, sets: list[str] = (), base: dict | None = None
+) -> Config:
+    """`base` or the YAML file (if any), then flags (dotted key -> value, None skipped), then --set items."""
+    values = copy.deepcopy(base) if base is not None else read_yaml(path) if path else {}
     overrides = [(k, v) for k, v in (flags or {}).items() if v is not None] + [parse_set(s) for s in sets]
     for key, value in overrides:
         _set_dotted(values, key, value.value if isinstance(value, enum.Enum) else value)

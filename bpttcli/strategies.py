@@ -45,6 +45,7 @@ class Strategy:
     """Base class: `mean_length` normalises the loss so each token weighs 1/(B * mean_length)."""
 
     mean_length: float
+    whole_epoch = False  # True when one segment spans each stream's whole epoch
 
     def next_segment(self, available: int, generator: torch.Generator) -> Segment:
         raise NotImplementedError
@@ -55,6 +56,7 @@ class Full(Strategy):
 
     def __init__(self, num_steps: int, window: int | None = None):
         self.mean_length, self.window = num_steps, window
+        self.whole_epoch = window is None
 
     def next_segment(self, available: int, generator: torch.Generator) -> Segment:
         return Segment(available if self.window is None else min(self.window, available))

@@ -1,0 +1,70 @@
+"""The BPTT engine: the loss of one segment, its gradient under a strategy, and evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .data import eval_windows
+from .model import CharRNN, State, detach_state
+from .strategies import Strategy
+
+
+def _segment_loss(model: CharRNN, x, y, state: State, xi):
+    logits, state = model(x, state, xi)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"), state
+
+
+def forward_loss(model: CharRNN, x, y, state: State, xi: list[float] | None = None, recompute: bool = False):
+    """Summed cross-entropy over a segment and the final state.
+
+    With `recompute`, the segment runs in chunks of ~sqrt(L) steps whose activations are
+    recomputed during backward (segment checkpointing): O(sqrt(L)) memory, the same gradient.
+    """
+    steps = x.shape[0]
+    if not recompute or steps < 4:
+        return _segment_loss(model, x, y, state, xi)
+    chunk = math.ceil(math.sqrt(steps))
+    total = 0.0
+    for start in range(0, steps, chunk):
+        part = slice(start, start + chunk)
+        loss, state = checkpoint(
+            _segment_loss, model, x[part], y[part], state, None if xi is None else xi[part], use_reentrant=False
+        )
+        total = total + loss
+    return total, state
+
+
+def window_gradient(
+    model: CharRNN, x, y, state: State, strategy: Strategy, generator: torch.Generator, norm: float
+) -> torch.Tensor:
+    """The gradient `strategy` yields over one window at fixed parameters: the sum over its segments."""
+    model.zero_grad(set_to_none=True)
+    start = 0
+    while start < x.shape[0]:
+        segment = strategy.next_segment(x.shape[0] - start, generator)
+        part = slice(start, start + segment.length)
+        xi = None if segment.xi is None else segment.xi.tolist()
+        loss, state = forward_loss(model, x[part], y[part], state, xi)
+        (loss / norm).backward()
+        state = detach_state(state)
+        start += segment.length
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+
+@torch.no_grad()
+def evaluate(model: CharRNN, tokens: torch.Tensor, batch_size: int, num_steps: int) -> float:
+    """Mean cross-entropy per character of `tokens`, in sequential windows that carry the state."""
+    was_training = model.training
+    model.eval()
+    tokens = tokens.to(model.head.weight.device)
+    state, total, count = None, torch.zeros((), device=tokens.device), 0
+    for x, y in eval_windows(tokens, batch_size, num_steps):
+        state = state or model.init_state(x.shape[1])
+        loss, state = _segment_loss(model, x, y, state, None)
+        total, count = total + loss, count + y.numel()
+    model.train(was_training)
+    return float(total) / max(count, 1)

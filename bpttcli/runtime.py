@@ -1,0 +1,45 @@
+"""Process-level setup: device choice, seeding, and the CPU allocator."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import random
+import sys
+
+import torch
+
+from .config import Device
+from .errors import ConfigError
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def resolve_device(requested: Device | str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an unavailable explicit choice is an error."""
+    requested = Device(requested)
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if requested is Device.auto:
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (requested is Device.cuda and not cuda) or (requested is Device.mps and not mps):
+        raise ConfigError(f"--device {requested.value} requested but it is not available here; use --device auto or cpu")
+    return torch.device(requested.value)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (initial weights, dropout) and return the data/strategy generator."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def tune_allocator() -> None:
+    """Keep glibc from returning large temporaries to the OS after every op (page faults otherwise)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune

@@ -1,0 +1,391 @@
+"""The training loop: one loop for every strategy, live metrics, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .config import Config, LrSchedule, OptimizerName, Partition, dump_yaml, from_dict, load_config, to_dict
+from .corpus import preprocess, read_text
+from .data import Dataset, RandomWindows, SequentialStreams, build_dataset
+from .download import fetch
+from .engine import evaluate, forward_loss
+from .errors import BpttError, CheckpointError, ConfigError, TrainingDiverged
+from .fsutil import atomic_write_text, ensure_dir
+from .model import CharRNN, detach_state
+from .recurrence import GATES
+from .runtime import resolve_device, seed_everything, tune_allocator
+from .strategies import make_strategy
+from .ui import LiveView, console
+from .vocab import Vocab
+
+
+class Interrupted(BpttError):
+    exit_code = 130
+
+
+def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False) -> Dataset:
+    """Read (downloading if needed), preprocess, tokenize and split the corpus."""
+    d = config.data
+    path = Path(d.path) if d.path else fetch(d.url, d.sha1, d.data_dir, show_progress=not quiet, console=console)
+    text = preprocess(read_text(path), d.preprocess)
+    return build_dataset(text, d.batch_size, config.strategy.num_steps, d.val_fraction, vocab)
+
+
+def build_model(config: Config, vocab_size: int) -> CharRNN:
+    m = config.model
+    return CharRNN(vocab_size, m.cell, m.hidden, m.layers, m.dropout, m.embedding)
+
+
+def build_optimizer(config: Config, model: CharRNN) -> torch.optim.Optimizer:
+    o = config.optim
+    if o.optimizer is OptimizerName.adam:
+        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def activation_bytes(config: Config, steps: int) -> int:
+    """Rough bytes the backward pass keeps for `steps` steps (hidden states, gates, gradients)."""
+    m = config.model
+    per_step = config.data.batch_size * m.hidden * (2 * GATES[m.cell] + 2) * m.layers
+    return 4 * per_step * steps
+
+
+def default_run_dir(config: Config) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{config.strategy.name.value}"
+
+
+@dataclass
+class Interval:
+    """What one log interval accumulates; saved in checkpoints so that resume is exact."""
+
+    loss: float = 0.0
+    tokens: int = 0
+    norms: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
+    max_weight: float = 1.0
+    started: float = field(default_factory=time.monotonic)
+
+    def state_dict(self) -> dict:
+        return {"loss": float(self.loss), "tokens": self.tokens, "norms": [float(n) for n in self.norms],
+                "segments": list(self.segments), "max_weight": self.max_weight}
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, resume: dict | None = None, quiet: bool = False):
+        self.config, self.run_dir, self.quiet = config, run_dir, quiet
+        self.device = resolve_device(config.train.device)
+        if self.device.type == "cpu":
+            tune_allocator()
+        self.generator = seed_everything(config.train.seed)
+        self.data = load_dataset(config, quiet=quiet)
+        if resume and self.data.vocab != Vocab.from_list(resume["vocab"]):
+            raise CheckpointError("resume: the corpus's vocabulary differs from the checkpoint's; use the same --data")
+        self.model = build_model(config, len(self.data.vocab)).to(self.device)
+        self.optimizer = build_optimizer(config, self.model)
+        cls = SequentialStreams if config.data.partition is Partition.sequential else RandomWindows
+        self.batcher = cls(self.data.train, config.data.batch_size, config.strategy.num_steps, self.generator)
+        s = config.strategy
+        self.strategy = make_strategy(s.name, s.num_steps, self.batcher.carries_state, s.schedule, s.alpha)
+        self.norm = config.data.batch_size * self.strategy.mean_length
+        self.total_tokens = config.train.epochs * self.batcher.steps_per_epoch * config.data.batch_size
+        self.step, self.epoch, self.tokens, self.elapsed = 0, 0, 0, 0.0
+        self.best_val, self.last_val = math.inf, math.inf
+        self.norm_history: list[float] = []
+        self.history: list[dict] = []  # per log interval: step, grad norm mean/max, ppl
+        self.segment_stats = {"count": 0, "sum": 0, "max": 0, "max_weight": 1.0}
+        self.interval = Interval()
+        self.stop_requested = False
+        if resume:
+            self._restore(resume)
+        else:
+            self.batcher.start_epoch()
+            self.state = self.model.init_state(config.data.batch_size)
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> dict:
+        t = self.config.train
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        self.started = time.monotonic() - self.elapsed
+        try:
+            with LiveView("train", self.total_tokens, self.quiet) as self.view:
+                self.view.advance(self.tokens)
+                self._announce()
+                while self._should_continue():
+                    self._train_step()
+                    if self.step % t.log_every == 0:
+                        self._flush()
+                    if t.eval_every and self.step % t.eval_every == 0:
+                        self._evaluate_and_save()
+                if not self.stop_requested:
+                    self._evaluate_and_save()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if self.stop_requested:
+            self._save()
+            raise Interrupted(
+                f"interrupted at step {self.step}; checkpoint saved; resume with: bptt train --resume {self.run_dir}"
+            )
+        return self.summary()
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def _should_continue(self) -> bool:
+        t = self.config.train
+        if self.stop_requested or (t.max_steps and self.step >= t.max_steps):
+            return False
+        if t.max_time and time.monotonic() - self.started >= t.max_time:
+            return False
+        if self.batcher.remaining == 0:
+            self.epoch += 1
+            if self.epoch >= t.epochs:
+                return False
+            self.batcher.start_epoch()
+            self.state = self.model.init_state(self.config.data.batch_size)
+        return True
+
+    def _train_step(self) -> None:
+        segment = self.strategy.next_segment(self.batcher.remaining, self.generator)
+        x, y = (t.to(self.device, non_blocking=True) for t in self.batcher.next(segment.length))
+        if not self.batcher.carries_state:
+            self.state = self.model.init_state(x.shape[1])
+        xi = None if segment.xi is None else segment.xi.tolist()
+        loss, state = forward_loss(self.model, x, y, self.state, xi, self.config.train.recompute)
+        (loss / self.norm).backward()
+        clip = self.config.optim.clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state = detach_state(state)
+        self.step += 1
+        self.tokens += y.numel()
+        i = self.interval
+        i.loss, i.tokens = i.loss + loss.detach(), i.tokens + y.numel()
+        i.norms.append(grad_norm.detach())
+        i.segments.append(segment.length)
+        i.max_weight = max(i.max_weight, segment.max_weight)
+        self.view.advance(y.numel())
+
+    def learning_rate(self) -> float:
+        """The base rate, or its cosine annealing over `train.epochs` (a function of tokens seen)."""
+        o = self.config.optim
+        if o.schedule is LrSchedule.constant:
+            return o.lr
+        return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, self.tokens / self.total_tokens)))
+
+    # ------------------------------------------------------------ metrics and checks
+    def _check_finite(self) -> None:
+        """Stop on a non-finite loss or gradient; the last checkpoint on disk stays the last good one."""
+        i = self.interval
+        if not i.norms:
+            return
+        norms = torch.stack([torch.as_tensor(n) for n in i.norms]).cpu()
+        loss = float(i.loss)
+        if math.isfinite(loss) and bool(torch.isfinite(norms).all()):
+            i.norms = norms.tolist()
+            return
+        bad = int((~torch.isfinite(norms)).nonzero()[0]) if not torch.isfinite(norms).all() else 0
+        step = self.step - len(norms) + bad + 1
+        last = self.run_dir / "last.pt"
+        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"non-finite loss or gradient at step {step} (loss {loss:.4g}, grad norm {float(norms[bad]):.4g}); "
+            f"{kept}; lower --lr or set --clip"
+        )
+
+    def _flush(self) -> None:
+        """Write one metrics line for the interval just ended (the only host sync of the interval)."""
+        self._check_finite()
+        i, clip = self.interval, self.config.optim.clip
+        if not i.norms:
+            return
+        norms = torch.tensor(i.norms)
+        loss = float(i.loss) / i.tokens
+        seconds = max(time.monotonic() - i.started, 1e-9)
+        record = {
+            "kind": "train", "step": self.step, "epoch": self.epoch, "tokens": self.tokens,
+            "loss": loss, "ppl": math.exp(loss),
+            "grad_norm_mean": float(norms.mean()), "grad_norm_max": float(norms.max()),
+            "clip_rate": float((norms > clip).float().mean()) if clip > 0 else 0.0,
+            "lr": self.learning_rate(),
+            "segment_mean": sum(i.segments) / len(i.segments), "segment_max": max(i.segments),
+            "max_weight": i.max_weight,
+            "tokens_per_s": i.tokens / seconds, "elapsed": self._elapsed(),
+        }
+        self._write_metrics(record)
+        self.norm_history.extend(i.norms)
+        self.history.append({k: record[k] for k in ("step", "ppl", "grad_norm_mean", "grad_norm_max")})
+        st = self.segment_stats
+        st["count"] += len(i.segments)
+        st["sum"] += sum(i.segments)
+        st["max"] = max(st["max"], max(i.segments))
+        st["max_weight"] = max(st["max_weight"], i.max_weight)
+        self.interval = Interval()
+        self.last_train = record
+        self.view.stats(
+            f"ppl {record['ppl']:.2f}  val {self.last_val:.2f}  |g| {record['grad_norm_mean']:.2f}  "
+            f"clip {100 * record['clip_rate']:.0f}%  {record['tokens_per_s'] / 1000:.1f}k tok/s"
+        )
+
+    def _write_metrics(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _evaluate_and_save(self) -> None:
+        self._check_finite()
+        c = self.config
+        if len(self.data.val) >= 2:
+            val_loss = evaluate(self.model, self.data.val, c.data.batch_size, c.strategy.num_steps)
+            self.last_val = math.exp(val_loss)
+            improved = self.last_val < self.best_val
+            self.best_val = min(self.best_val, self.last_val)
+            self._write_metrics({
+                "kind": "eval", "step": self.step, "epoch": self.epoch, "tokens": self.tokens,
+                "val_loss": val_loss, "val_ppl": self.last_val, "best_val_ppl": self.best_val,
+                "elapsed": self._elapsed(),
+            })
+        else:
+            improved = True  # no validation split: the latest weights are the best we know
+        self._save(best=improved)
+
+    # -------------------------------------------------------------- checkpoints
+    def summary(self) -> dict:
+        st = self.segment_stats
+        norms = torch.tensor(self.norm_history or [math.nan])
+        clip = self.config.optim.clip
+        return {
+            "step": self.step, "epoch": self.epoch, "tokens": self.tokens, "elapsed": self._elapsed(),
+            "best_val_ppl": self.best_val, "final_val_ppl": self.last_val,
+            "train_ppl": getattr(self, "last_train", {}).get("ppl", math.nan),
+            "grad_norm_median": float(norms.median()), "grad_norm_max": float(norms.max()),
+            "clip_rate": float((norms > clip).float().mean()) if clip > 0 else 0.0,
+            "segment_mean": st["sum"] / st["count"] if st["count"] else math.nan,
+            "segment_max": st["max"], "max_weight": st["max_weight"],
+            "history": self.history,
+        }
+
+    def _save(self, best: bool = False) -> None:
+        self._check_finite()
+        self.elapsed = self._elapsed()
+        payload = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "vocab": self.data.vocab.to_list(), "config": to_dict(self.config),
+            "step": self.step, "epoch": self.epoch, "tokens": self.tokens, "elapsed": self.elapsed,
+            "best_val": self.best_val, "last_val": self.last_val,
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "batcher": self.batcher.state_dict(), "hidden": [list(layer) for layer in self.state],
+            "interval": self.interval.state_dict(), "norm_history": torch.tensor(self.norm_history),
+            "segment_stats": dict(self.segment_stats), "history": self.history,
+            "last_train": getattr(self, "last_train", {}),
+            "summary": {k: v for k, v in self.summary().items() if k != "history"},
+        }
+        paths = [self.run_dir / "last.pt"] + ([self.run_dir / "best.pt"] if best else [])
+        checkpoint.save(payload, *paths)
+
+    def _restore(self, p: dict) -> None:
+        try:
+            self.model.load_state_dict(p["model"])
+            self.optimizer.load_state_dict(p["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from None
+        self.step, self.epoch, self.tokens, self.elapsed = p["step"], p["epoch"], p["tokens"], p["elapsed"]
+        self.best_val, self.last_val = p["best_val"], p["last_val"]
+        torch.set_rng_state(p["rng"]["torch"])
+        self.generator.set_state(p["rng"]["generator"])
+        if self.device.type == "cuda" and p["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(p["rng"]["cuda"])
+        self.batcher.load_state_dict(p["batcher"])
+        self.state = [tuple(t.to(self.device) for t in layer) for layer in p["hidden"]]
+        i = p["interval"]
+        self.interval = Interval(i["loss"], i["tokens"], i["norms"], i["segments"], i["max_weight"])
+        self.norm_history = p["norm_history"].tolist()
+        self.segment_stats, self.history, self.last_train = p["segment_stats"], p["history"], p["last_train"]
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics lines written after the checkpoint (they will be written again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _announce(self) -> None:
+        c, b = self.config, self.batcher
+        self.view.print(
+            f"[bold]{c.strategy.name.value}[/] BPTT · {c.model.cell.value.upper()}-{c.model.hidden}"
+            f"x{c.model.layers} · vocab {len(self.data.vocab)} · {len(self.data.train):,} train / "
+            f"{len(self.data.val):,} val chars · {b.steps_per_epoch} steps x {c.data.batch_size} streams per epoch"
+            f" · {self.device.type} · run {self.run_dir}"
+        )
+        if self.strategy.whole_epoch:
+            mib = activation_bytes(c, b.steps_per_epoch) / 2**20
+            self.view.print(
+                f"full BPTT over the whole epoch: one update per epoch, ~{mib:,.0f} MiB of activations"
+                + (" (--recompute: ~sqrt of that)" if c.train.recompute else "")
+            )
+
+
+def prepare_run(config: Config, run_dir: Path | None) -> Path:
+    """Create the run directory and write its resolved config.yaml; refuse to overwrite a run."""
+    run_dir = Path(run_dir or config.train.run_dir or default_run_dir(config))
+    if (run_dir / "last.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir")
+    ensure_dir(run_dir, ConfigError)
+    config.train.run_dir = str(run_dir)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return run_dir
+
+
+RESUMABLE_SECTIONS = ("optim", "train")
+
+
+def resume_config(saved: dict, flags: dict | None = None, sets: list[str] = ()) -> Config:
+    """The checkpoint's config with optim/train changes allowed; model, data or strategy changes refused."""
+    old = to_dict(from_dict(saved))
+    config = load_config(None, flags, sets, base=saved)
+    new = to_dict(config)
+    for section in old:
+        for key, value in new[section].items():
+            if value != old[section][key] and section not in RESUMABLE_SECTIONS:
+                raise CheckpointError(
+                    f"resume: {section}.{key} is {old[section][key]!r} in the checkpoint but {value!r} was asked; "
+                    f"drop that option or start a new run"
+                )
+    return config
+
+
+def train(config: Config, run_dir: Path | None = None, quiet: bool = False) -> dict:
+    """Start a new run; returns its summary."""
+    run_dir = prepare_run(config, run_dir)
+    return Trainer(config, run_dir, quiet=quiet).run()
+
+
+def resume(run_dir: Path, flags: dict | None = None, sets: list[str] = (), quiet: bool = False) -> dict:
+    """Continue the run in `run_dir` from its last.pt, exactly as if it had never stopped."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.pt").is_file():
+        raise CheckpointError(f"{run_dir} has no last.pt to resume from; start a run with bptt train first")
+    payload = checkpoint.load(run_dir / "last.pt")
+    config = resume_config(payload["config"], flags, sets)
+    config.train.run_dir = str(run_dir)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    return Trainer(config, run_dir, resume=payload, quiet=quiet).run()
