@@ -38,20 +38,24 @@ def forward_loss(model: CharRNN, x, y, state: State, xi: list[float] | None = No
     return total, state
 
 
+def segments(strategy: Strategy, length: int, generator: torch.Generator):
+    """Cut `length` steps into the strategy's segments: yields (slice, xi or None) in order."""
+    start = 0
+    while start < length:
+        segment = strategy.next_segment(length - start, generator)
+        yield slice(start, start + segment.length), None if segment.xi is None else segment.xi.tolist()
+        start += segment.length
+
+
 def window_gradient(
     model: CharRNN, x, y, state: State, strategy: Strategy, generator: torch.Generator, norm: float
 ) -> torch.Tensor:
     """The gradient `strategy` yields over one window at fixed parameters: the sum over its segments."""
     model.zero_grad(set_to_none=True)
-    start = 0
-    while start < x.shape[0]:
-        segment = strategy.next_segment(x.shape[0] - start, generator)
-        part = slice(start, start + segment.length)
-        xi = None if segment.xi is None else segment.xi.tolist()
+    for part, xi in segments(strategy, x.shape[0], generator):
         loss, state = forward_loss(model, x[part], y[part], state, xi)
         (loss / norm).backward()
         state = detach_state(state)
-        start += segment.length
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
 
 

@@ -22,9 +22,10 @@ class Cell(str, enum.Enum):
     rnn = "rnn"
     gru = "gru"
     lstm = "lstm"
+    linear = "linear"  # the chapter's linear RNN: identity activation
 
 
-GATES = {Cell.rnn: 1, Cell.gru: 3, Cell.lstm: 4}
+GATES = {Cell.rnn: 1, Cell.gru: 3, Cell.lstm: 4, Cell.linear: 1}
 
 
 def _scale(t: torch.Tensor, xi: list[float] | None, step: int) -> torch.Tensor:
@@ -38,11 +39,11 @@ def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tenso
     return torch.zeros_like(like) if grad is None else grad
 
 
-class TanhRNN(torch.autograd.Function):
-    """h_t = tanh(gx_t + h_{t-1} W^T + b)."""
+class ElmanRNN(torch.autograd.Function):
+    """h_t = tanh(gx_t + h_{t-1} W^T + b), or without the tanh when `linear`."""
 
     @staticmethod
-    def forward(ctx, gx, h0, weight, bias, xi):
+    def forward(ctx, gx, h0, weight, bias, xi, linear=False):
         steps = gx.shape[0]
         hs = gx.new_empty((steps + 1,) + h0.shape)
         hs[0] = h0
@@ -51,9 +52,12 @@ class TanhRNN(torch.autograd.Function):
         h, p = hs.unbind(0), pre.unbind(0)
         for t in range(steps):
             p[t].addmm_(h[t], wt)
-            torch.tanh(p[t], out=h[t + 1])
+            if linear:
+                h[t + 1].copy_(p[t])
+            else:
+                torch.tanh(p[t], out=h[t + 1])
         ctx.save_for_backward(hs, weight)
-        ctx.xi = xi
+        ctx.xi, ctx.linear = xi, linear
         return hs[1:], hs[steps].clone()
 
     @staticmethod
@@ -66,11 +70,14 @@ class TanhRNN(torch.autograd.Function):
         h, d, g = hs.unbind(0), da.unbind(0), dout.unbind(0)
         for t in reversed(range(steps)):
             carry.add_(g[t])
-            _tanh_backward.grad_input(carry, h[t + 1], grad_input=d[t])
+            if ctx.linear:
+                d[t].copy_(carry)
+            else:
+                _tanh_backward.grad_input(carry, h[t + 1], grad_input=d[t])
             carry = _scale(torch.mm(d[t], weight), xi, t)
         flat = da.reshape(-1, da.shape[-1])
         dweight = flat.t() @ hs[:-1].reshape(flat.shape[0], -1)
-        return da, carry, dweight, flat.sum(0), None
+        return da, carry, dweight, flat.sum(0), None, None
 
 
 class GRU(torch.autograd.Function):
@@ -176,6 +183,8 @@ def recur(cell: Cell, gx, state: tuple, weight, bias, xi: list[float] | None):
     if cell is Cell.lstm:
         out, h, c = LSTM.apply(gx, state[0], state[1], weight, bias, xi)
         return out, (h, c)
-    fn = TanhRNN if cell is Cell.rnn else GRU
-    out, h = fn.apply(gx, state[0], weight, bias, xi)
+    if cell is Cell.gru:
+        out, h = GRU.apply(gx, state[0], weight, bias, xi)
+    else:
+        out, h = ElmanRNN.apply(gx, state[0], weight, bias, xi, cell is Cell.linear)
     return out, (h,)

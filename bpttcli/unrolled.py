@@ -30,7 +30,11 @@ def scale_grad(x: torch.Tensor, xi: float) -> torch.Tensor:
     return x if xi == 1.0 else _ScaleGrad.apply(x, xi)
 
 
-_CELLS = {Cell.rnn: torch.rnn_tanh_cell, Cell.gru: torch.gru_cell, Cell.lstm: torch.lstm_cell}
+def _linear_cell(x, h, w_ih, w_hh, b_ih, b_hh):
+    return x @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh
+
+
+_CELLS = {Cell.rnn: torch.rnn_tanh_cell, Cell.gru: torch.gru_cell, Cell.lstm: torch.lstm_cell, Cell.linear: _linear_cell}
 
 
 def unrolled_forward(model: CharRNN, x: torch.Tensor, state: State, xi: list[float] | None = None):
