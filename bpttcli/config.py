@@ -84,6 +84,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int = 0  # 0 means no limit
     max_time: float = 0.0  # seconds; 0 means no limit
+    max_tokens: int = 0  # training characters; 0 means no limit
     eval_every: int = 200  # steps; 0 evaluates only at the end
     log_every: int = 50
     seed: int = 0
@@ -224,6 +225,7 @@ def validate(c: Config) -> Config:
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", ">= 0", c.optim.weight_decay)
     _check(c.train.epochs > 0, "train.epochs", "> 0", c.train.epochs)
     _check(c.train.max_steps >= 0, "train.max_steps", ">= 0 (0 = no limit)", c.train.max_steps)
+    _check(c.train.max_tokens >= 0, "train.max_tokens", ">= 0 (0 = no limit)", c.train.max_tokens)
     _check(c.train.max_time >= 0, "train.max_time", ">= 0 (0 = no limit)", c.train.max_time)
     _check(c.train.eval_every >= 0, "train.eval_every", ">= 0", c.train.eval_every)
     _check(c.train.log_every > 0, "train.log_every", "> 0", c.train.log_every)

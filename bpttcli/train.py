@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -80,8 +81,10 @@ class Interval:
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: Path, resume: dict | None = None, quiet: bool = False):
-        self.config, self.run_dir, self.quiet = config, run_dir, quiet
+    def __init__(
+        self, config: Config, run_dir: Path, resume: dict | None = None, quiet: bool = False, view: LiveView | None = None
+    ):
+        self.config, self.run_dir, self.quiet, self.external_view = config, run_dir, quiet, view
         self.device = resolve_device(config.train.device)
         if self.device.type == "cpu":
             tune_allocator()
@@ -97,6 +100,8 @@ class Trainer:
         self.strategy = make_strategy(s.name, s.num_steps, self.batcher.carries_state, s.schedule, s.alpha)
         self.norm = config.data.batch_size * self.strategy.mean_length
         self.total_tokens = config.train.epochs * self.batcher.steps_per_epoch * config.data.batch_size
+        if config.train.max_tokens:
+            self.total_tokens = min(self.total_tokens, config.train.max_tokens)
         self.step, self.epoch, self.tokens, self.elapsed = 0, 0, 0, 0.0
         self.best_val, self.last_val = math.inf, math.inf
         self.norm_history: list[float] = []
@@ -116,7 +121,8 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._request_stop)
         self.started = time.monotonic() - self.elapsed
         try:
-            with LiveView("train", self.total_tokens, self.quiet) as self.view:
+            view = self.external_view or LiveView("train", self.total_tokens, self.quiet)
+            with contextlib.nullcontext(view) if self.external_view else view as self.view:
                 self.view.advance(self.tokens)
                 self._announce()
                 while self._should_continue():
@@ -144,6 +150,8 @@ class Trainer:
     def _should_continue(self) -> bool:
         t = self.config.train
         if self.stop_requested or (t.max_steps and self.step >= t.max_steps):
+            return False
+        if t.max_tokens and self.tokens >= t.max_tokens:
             return False
         if t.max_time and time.monotonic() - self.started >= t.max_time:
             return False
@@ -180,7 +188,7 @@ class Trainer:
         self.view.advance(y.numel())
 
     def learning_rate(self) -> float:
-        """The base rate, or its cosine annealing over `train.epochs` (a function of tokens seen)."""
+        """The base rate, or its cosine annealing over the token budget (epochs, or max_tokens if smaller)."""
         o = self.config.optim
         if o.schedule is LrSchedule.constant:
             return o.lr
@@ -373,10 +381,10 @@ def resume_config(saved: dict, flags: dict | None = None, sets: list[str] = ()) 
     return config
 
 
-def train(config: Config, run_dir: Path | None = None, quiet: bool = False) -> dict:
-    """Start a new run; returns its summary."""
+def train(config: Config, run_dir: Path | None = None, quiet: bool = False, view: LiveView | None = None) -> dict:
+    """Start a new run; returns its summary. `view` replaces the run's own progress display."""
     run_dir = prepare_run(config, run_dir)
-    return Trainer(config, run_dir, quiet=quiet).run()
+    return Trainer(config, run_dir, quiet=quiet, view=view).run()
 
 
 def resume(run_dir: Path, flags: dict | None = None, sets: list[str] = (), quiet: bool = False) -> dict:
