@@ -31,7 +31,11 @@ def save(payload: dict, *paths: Path) -> None:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **to_cpu(payload)}, buffer)
     for path in paths:
-        atomic_write_bytes(path, buffer.getvalue())
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise CheckpointError(f"cannot write checkpoint {path}: {reason}; free some space or fix permissions") from None
 
 
 def load(path: Path) -> dict:
@@ -41,8 +45,9 @@ def load(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupted or truncated ({reason}); use another checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted or truncated (torch.load: {type(exc).__name__}); use another checkpoint"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bptt checkpoint (format {FORMAT}); use one written by bptt train")
     return payload

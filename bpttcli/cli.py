@@ -92,7 +92,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
     clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient L2 norm to this; 0 disables.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
-    lr_schedule: Annotated[Optional[LrSchedule], typer.Option(help="constant, or cosine over the epochs.")] = None,
+    lr_schedule: Annotated[Optional[LrSchedule], typer.Option(help="constant, or cosine over the epochs (or train.max_tokens).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Parallel streams B.")] = None,
     partition: Annotated[Optional[Partition], typer.Option(help="sequential (state carried) or random windows.")] = None,
     data: DataOpt = None,
@@ -128,16 +128,149 @@ def train(
         "train.max_time": max_time, "train.eval_every": eval_every, "train.log_every": log_every,
         "train.seed": seed, "train.device": device, "train.recompute": recompute,
     }
+    if resume is not None and (config or run_dir):
+        from .errors import ConfigError
+
+        raise ConfigError("--resume continues a run in its own directory with its saved config; drop --config/--run-dir")
     if resume is not None:
         summary = resume_run(resume, flags, set_ or [], quiet=quiet)
     else:
         summary = train_run(load_config(config, flags, set_ or []), run_dir, quiet=quiet)
     if not quiet:
+        from .ui import compact
+
         stdout.print(
-            f"done: {summary['step']} updates, {summary['tokens']:,} tokens in {summary['elapsed']:.0f}s · "
-            f"train ppl {summary['train_ppl']:.2f} · val ppl {summary['final_val_ppl']:.2f} "
+            f"done · {summary['step']} steps · {compact(summary['tokens'])} chars · {summary['elapsed']:.0f}s · "
+            f"ppl {summary['train_ppl']:.2f} train / {summary['final_val_ppl']:.2f} val "
             f"(best {summary['best_val_ppl']:.2f})"
         )
+
+
+@app.command()
+@friendly
+def sample(
+    target: Annotated[Path, typer.Argument(metavar="RUN_DIR|CHECKPOINT", help="A run directory (its best.pt) or a .pt file.")],
+    prefix: Annotated[str, typer.Option(help="Warm-up text, preprocessed like the run's corpus (empty: start as after a space).")] = "",
+    length: Annotated[int, typer.Option(help="Characters to generate per sample.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature, > 0: lower is safer, higher is wilder.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely characters (0: all of them).")] = 0,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character.")] = False,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Independent samples from the same prefix.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same samples [default: fresh each time].")] = None,
+    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
+    last: Annotated[bool, typer.Option("--last", help="Use the run's last.pt instead of its best.pt.")] = False,
+    unknown: Annotated[str, typer.Option(help="Prefix characters outside the vocabulary: error, skip (drop them) or unk.")] = "error",
+) -> None:
+    """Generate text from a trained model, streaming it as it is sampled.
+
+    Example: [bold]bptt sample runs/my-run --prefix "the time traveller" --length 300 --temperature 0.8 --seed 1[/]
+    """
+    import sys
+
+    from .sample import sample as generate
+
+    generate(target, prefix, length, temperature, top_k, greedy, num_samples, seed, device, last, unknown, sys.stdout)
+
+
+@app.command()
+@friendly
+def compare(
+    strategies: Annotated[str, typer.Option(help=(
+        "Comma-separated: full, truncated, random (both schedules), random-geometric, random-polytail."))]
+    = "full,truncated,random",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config [default: configs/compare.yaml].")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds: each strategy trains once per seed.")] = "0,1,2",
+    budget_tokens: Annotated[Optional[int], typer.Option(help="Training characters per run, instead of the config's epochs.")] = None,
+    max_time: Annotated[Optional[float], typer.Option(help="Seconds per run, instead of the config's epochs.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory; rerun with the same one to skip finished runs [default: compare/<time>].")] = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    gradient_quality: Annotated[bool, typer.Option("--gradient-quality/--no-gradient-quality", help=(
+        "Measure each strategy's gradient against exact BPTT at the initial and trained weights."))] = True,
+) -> None:
+    """Train every strategy on the same data, model, initial weights and budget; tabulate and plot the results.
+
+    Example: [bold]bptt compare --strategies truncated,random --seeds 0,1 --budget-tokens 300000 --out compare/demo[/]
+    """
+    from . import compare as lib
+
+    variants, seed_list = lib.parse_strategies(strategies), lib.parse_seeds(seeds)
+    cfg = lib.compare_config(config, data, budget_tokens, max_time, set_ or [])
+    results = lib.compare(cfg, variants, seed_list, out, gradient_quality)
+    for table in lib.tables(results):
+        stdout.print(lib.rich_table(*table))
+    stdout.print(f"{results['out']}: results.json, results.csv, results.md, curves.png ({results['elapsed']:.0f}s)")
+
+
+@app.command()
+@friendly
+def analyze(
+    target: Annotated[Optional[Path], typer.Argument(metavar="[RUN_DIR|CHECKPOINT]", help="A run directory (its best.pt) or a .pt file.")] = None,
+    init: Annotated[bool, typer.Option("--init", help="Analyse fresh, untrained weights of --model/--hidden/--layers instead.")] = False,
+    theory: Annotated[bool, typer.Option("--theory", help="The chapter's theory instead: hand-written BPTT against autograd, exercises 1-2.")] = False,
+    model: Annotated[Optional[Cell], typer.Option(help="With --init: recurrent cell.")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="With --init: hidden units per layer.")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="With --init: recurrent layers.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Corpus whose validation text is analysed \\[default: the run\'s, or the book].")] = None,
+    horizon: Annotated[int, typer.Option("--horizon", "-K", help="K: steps back from the last loss (with --theory: powers of M).")] = 100,
+    windows: Annotated[int, typer.Option(help="Validation windows of K+1 steps to average over.")] = 4,
+    streams: Annotated[int, typer.Option(help="Parallel validation streams per window.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the fresh weights (--init) or of the random matrix (--theory).")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory \\[default: the run directory; analysis/<time> otherwise].")] = None,
+) -> None:
+    """Measure how the gradient vanishes or explodes through time, and suggest a truncation length tau.
+
+    Writes analysis.json and analysis.png (theory.png with --theory).
+
+    Example: [bold]bptt analyze runs/my-run --horizon 100[/] · [bold]bptt analyze --init --model gru --hidden 256[/] · [bold]bptt analyze --theory[/]
+    """
+    from . import analyze as lib
+
+    if lib.mode(target, init, theory) == "theory":
+        table, png = lib.theory_report(horizon, seed, out)
+        stdout.print(table)
+        stdout.print(f"wrote {png}")
+        return
+    model_flags = {"model.cell": model, "model.hidden": hidden, "model.layers": layers}
+    result, out_dir = lib.run(target, data, model_flags, seed, horizon, windows, streams, out)
+    stdout.print(lib.table(result))
+    stdout.print(f"effective horizon: {lib.horizon_text(result)}")
+    stdout.print(f"wrote {out_dir / 'analysis.json'} and {out_dir / 'analysis.png'}")
+
+
+demo_app = typer.Typer(help="Synthetic tasks that show what truncation does to the gradient.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("influence-balancing")
+@friendly
+def influence_balancing(
+    n: Annotated[int, typer.Option(help="State size.")] = 23,
+    p: Annotated[int, typer.Option(help="Entries of u that are +1 (the rest are -1); p < n/2: long-run influence is negative.")] = 10,
+    steps: Annotated[int, typer.Option(help="Time steps per strategy.")] = 20000,
+    episode: Annotated[int, typer.Option(help="Steps per episode, each from s_0 = 1; full BPTT spans one.")] = 1000,
+    lr: Annotated[float, typer.Option(help="SGD step size on theta.")] = 1e-3,
+    tau: Annotated[int, typer.Option(help="Mean segment length of the random runs; every run's loss is divided by it.")] = 30,
+    truncation: Annotated[Optional[list[int]], typer.Option(help="tau of a truncated run (repeatable) \\[default: 1, 10, 100].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random truncation points.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory \\[default: analysis/<time>-influence-balancing].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Influence balancing: truncated BPTT runs away where randomized truncation and full BPTT converge.
+
+    s <- A s + theta u, loss (s[0] - 1)^2 / 2, online SGD on theta with the training code's strategies.
+
+    Sources: Tallec & Ollivier 2017, "Unbiased Online Recurrent Optimization" (UORO) and "Unbiasing Truncated Backpropagation Through Time" (ARTBP); Vicol et al. 2021, "Unbiased Gradient Estimation in Unrolled Computation Graphs with Persistent Evolution Strategies" (PES).
+
+    Example: [bold]bptt demo influence-balancing --steps 20000 --lr 0.001 --truncation 1 --truncation 10[/]
+    """
+    from . import demo as lib
+
+    task = lib.Task(n, p)
+    runs = lib.influence_balancing(task, steps, episode, lr, tau, truncation or [1, 10, 100], seed, quiet)
+    json_path, png = lib.save(runs, task, episode, out or lib.default_out())
+    stdout.print(lib.table(runs, task, episode))
+    stdout.print(f"wrote {json_path} and {png}")
 
 
 def main() -> None:

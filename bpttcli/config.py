@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -118,11 +119,32 @@ def _coerce(value, kind, key: str):
         return value
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    number = None if isinstance(value, bool) else _as_float(value)
+    if kind is int and number is not None and number.is_integer():  # 1e6 or '1e6'
+        return int(number)
+    if kind is float and number is not None:
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _as_float(value) -> float | None:
+    """A number, or a numeric string such as '1e-3' (YAML 1.1 reads that as a string); else None."""
+    try:
+        return float(value) if isinstance(value, (int, float, str)) else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _first_leaf(key: str, value) -> str:
+    """The dotted key the user wrote: 'foo' with {'bar': 1} -> 'foo.bar'."""
+    while isinstance(value, dict) and value:
+        child, value = next(iter(value.items()))
+        key = f"{key}.{child}"
+    return key
 
 
 def _build(cls, values: dict, prefix: str = ""):
@@ -132,12 +154,16 @@ def _build(cls, values: dict, prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(sorted(names))}")
+            where = f"under {prefix.rstrip('.')}" if prefix else "at the top level"
+            raise ConfigError(
+                f"unknown config key '{_first_leaf(prefix + str(key), values[key])}'; "
+                f"valid keys {where}: {', '.join(sorted(names))}"
+            )
     kwargs = {}
     for name, value in values.items():
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, value or {}, f"{prefix}{name}.")
+            kwargs[name] = _build(kind, {} if value is None else value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, kind, prefix + name)
     return cls(**kwargs)
@@ -190,6 +216,8 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"config file {path} not found; pass an existing YAML file, e.g. configs/default.yaml") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}; pass a readable YAML file") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys")
     return values

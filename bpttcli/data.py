@@ -19,7 +19,6 @@ at random positions, and every window starts from a fresh state.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -37,11 +36,13 @@ class Dataset:
 
 def min_corpus_length(batch_size: int, num_steps: int, val_fraction: float) -> int:
     """Fewest characters that give one training batch of one window (and a validation window)."""
-    need_train = batch_size * num_steps + 1
-    n = math.ceil(need_train / (1 - val_fraction))
-    while not _split_fits(n, batch_size, num_steps, val_fraction):
-        n += 1
-    return n
+    lo = hi = batch_size * num_steps + 1
+    while not _split_fits(hi, batch_size, num_steps, val_fraction):
+        lo, hi = hi + 1, 2 * hi
+    while lo < hi:  # _split_fits is monotone in n: binary search for the first n that fits
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _split_fits(mid, batch_size, num_steps, val_fraction) else (mid + 1, hi)
+    return lo
 
 
 def _split_fits(n: int, batch_size: int, num_steps: int, val_fraction: float) -> bool:
@@ -56,9 +57,9 @@ def build_dataset(
     if not _split_fits(len(text), batch_size, num_steps, val_fraction):
         need = min_corpus_length(batch_size, num_steps, val_fraction)
         raise DataError(
-            f"corpus has {len(text)} characters after preprocessing but batch size {batch_size} "
-            f"and window {num_steps} need at least {need}; use a longer text or lower "
-            f"--batch-size/--num-steps"
+            f"corpus has {len(text)} characters after preprocessing but batch size {batch_size}, "
+            f"window {num_steps} and validation fraction {val_fraction:g} need at least {need}; "
+            f"use a longer text or lower --batch-size/--num-steps"
         )
     vocab = vocab or Vocab.build(text)
     ids = vocab.encode(text)
@@ -101,7 +102,7 @@ class SequentialStreams:
 
     def next(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `length` steps of every stream, `[length, B]` each."""
-        start, self.cursor = self.cursor, self.cursor + length
+        start, self.cursor = self.cursor, min(self.cursor + length, self.steps_per_epoch)
         return self.x[start : self.cursor], self.y[start : self.cursor]
 
     def state_dict(self) -> dict:
@@ -131,7 +132,7 @@ class RandomWindows:
 
     def next(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         length = min(length, len(self.tokens) - 1)
-        self.cursor += length
+        self.cursor = min(self.cursor + length, self.steps_per_epoch)
         starts = torch.randint(0, len(self.tokens) - length, (self.batch_size,), generator=self.generator)
         index = starts[None, :] + torch.arange(length)[:, None]
         return self.tokens[index], self.tokens[index + 1]
@@ -144,7 +145,11 @@ class RandomWindows:
 
 
 def eval_windows(tokens: torch.Tensor, batch_size: int, num_steps: int):
-    """Sequential windows over `tokens` for evaluation: every target predicted exactly once."""
+    """Sequential windows over `tokens` for evaluation, each target predicted at most once.
+
+    The last (len(tokens) - 1) % streams targets (fewer than `batch_size`) are left out: covering
+    them needs a narrower final window, which `engine.evaluate` does not accept yet.
+    """
     streams = max(1, min(batch_size, (len(tokens) - 1) // num_steps))
     steps = (len(tokens) - 1) // streams
     x = tokens[: streams * steps].view(streams, steps).t()

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
 from .errors import BpttError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _file_mode(path: Path) -> int:
+    """An existing file's permissions, else what open() would give a new one (0o666 minus the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_UMASK
+
 
 def ensure_dir(path: Path, error: type[BpttError] = BpttError) -> Path:
     """Create `path` (and parents) or raise `error` saying it is not writable."""
+    path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
@@ -28,6 +41,7 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp creates 0o600
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import random
+import signal
 import sys
+import threading
 
 import torch
 
@@ -43,3 +46,16 @@ def tune_allocator() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
+
+
+@contextlib.contextmanager
+def on_sigint(handler):
+    """Route Ctrl-C to `handler` inside the block (main thread only: signals cannot be set elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

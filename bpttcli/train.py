@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,13 +22,15 @@ from .errors import BpttError, CheckpointError, ConfigError, TrainingDiverged
 from .fsutil import atomic_write_text, ensure_dir
 from .model import CharRNN, detach_state
 from .recurrence import GATES
-from .runtime import resolve_device, seed_everything, tune_allocator
+from .runtime import on_sigint, resolve_device, seed_everything, tune_allocator
 from .strategies import make_strategy
-from .ui import LiveView, console
+from .ui import LiveView, compact, console
 from .vocab import Vocab
 
 
 class Interrupted(BpttError):
+    """Ctrl-C stopped the run after saving a checkpoint to resume from."""
+
     exit_code = 130
 
 
@@ -58,6 +59,11 @@ def activation_bytes(config: Config, steps: int) -> int:
     m = config.model
     per_step = config.data.batch_size * m.hidden * (2 * GATES[m.cell] + 2) * m.layers
     return 4 * per_step * steps
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), infinite rather than an OverflowError for a huge but finite loss."""
+    return math.exp(loss) if loss < 709 else math.inf
 
 
 def default_run_dir(config: Config) -> Path:
@@ -90,7 +96,7 @@ class Trainer:
             tune_allocator()
         self.generator = seed_everything(config.train.seed)
         self.data = load_dataset(config, quiet=quiet)
-        if resume and self.data.vocab != Vocab.from_list(resume["vocab"]):
+        if resume and self.data.vocab != Vocab.from_list(resume.get("vocab", [])):
             raise CheckpointError("resume: the corpus's vocabulary differs from the checkpoint's; use the same --data")
         self.model = build_model(config, len(self.data.vocab)).to(self.device)
         self.optimizer = build_optimizer(config, self.model)
@@ -104,9 +110,11 @@ class Trainer:
             self.total_tokens = min(self.total_tokens, config.train.max_tokens)
         self.step, self.epoch, self.tokens, self.elapsed = 0, 0, 0, 0.0
         self.best_val, self.last_val = math.inf, math.inf
+        self.evaluated_at, self.metrics_lines = -1, 0
         self.norm_history: list[float] = []
         self.history: list[dict] = []  # per log interval: step, grad norm mean/max, ppl
         self.segment_stats = {"count": 0, "sum": 0, "max": 0, "max_weight": 1.0}
+        self.last_train: dict = {}
         self.interval = Interval()
         self.stop_requested = False
         if resume:
@@ -118,25 +126,23 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict:
         t = self.config.train
-        previous = signal.signal(signal.SIGINT, self._request_stop)
         self.started = time.monotonic() - self.elapsed
-        try:
-            view = self.external_view or LiveView("train", self.total_tokens, self.quiet)
-            with contextlib.nullcontext(view) if self.external_view else view as self.view:
-                self.view.advance(self.tokens)
-                self._announce()
-                while self._should_continue():
-                    self._train_step()
-                    if self.step % t.log_every == 0:
-                        self._flush()
-                    if t.eval_every and self.step % t.eval_every == 0:
-                        self._evaluate_and_save()
-                if not self.stop_requested:
+        self._rewind_metrics()
+        view = self.external_view or LiveView("train", self._display_total(), self.quiet, unit="chars")
+        with on_sigint(self._request_stop), contextlib.nullcontext(view) if self.external_view else view as self.view:
+            self.view.advance(self.tokens)
+            self._announce()
+            while self._should_continue():
+                self._train_step()
+                if self.step % t.log_every == 0:
+                    self._flush()
+                if t.eval_every and self.step % t.eval_every == 0:
                     self._evaluate_and_save()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+            if self.stop_requested:
+                self._save()
+            else:
+                self._finish()
         if self.stop_requested:
-            self._save()
             raise Interrupted(
                 f"interrupted at step {self.step}; checkpoint saved; resume with: bptt train --resume {self.run_dir}"
             )
@@ -156,9 +162,9 @@ class Trainer:
         if t.max_time and time.monotonic() - self.started >= t.max_time:
             return False
         if self.batcher.remaining == 0:
-            self.epoch += 1
-            if self.epoch >= t.epochs:
+            if self.epoch + 1 >= t.epochs:
                 return False
+            self.epoch += 1
             self.batcher.start_epoch()
             self.state = self.model.init_state(self.config.data.batch_size)
         return True
@@ -194,44 +200,59 @@ class Trainer:
             return o.lr
         return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, self.tokens / self.total_tokens)))
 
+    def _finish(self) -> None:
+        """Log the partial interval and validate; last.pt resumes from before both, so a resume never doubles them."""
+        state = self._state()
+        if self.interval.norms:
+            self._flush()
+        improved = self._evaluate() if self.evaluated_at != self.step else False
+        self._save(best=improved, state=state)
+        if self.config.train.max_steps and self.step >= self.config.train.max_steps:
+            self.view.advance(0, total=self.tokens)  # the bar's total was an estimate from --max-steps
+
+    def _display_total(self) -> int:
+        """Characters the progress bar runs to: the budget, or what --max-steps allows if fewer."""
+        t, c = self.config.train, self.config
+        if not t.max_steps:
+            return self.total_tokens
+        steps = self.batcher.steps_per_epoch if self.strategy.whole_epoch else self.strategy.mean_length
+        return min(self.total_tokens, t.max_steps * steps * c.data.batch_size)
+
     # ------------------------------------------------------------ metrics and checks
     def _check_finite(self) -> None:
         """Stop on a non-finite loss or gradient; the last checkpoint on disk stays the last good one."""
         i = self.interval
         if not i.norms:
             return
-        norms = torch.stack([torch.as_tensor(n) for n in i.norms]).cpu()
+        norms = torch.stack([torch.as_tensor(n, dtype=torch.float32, device=self.device) for n in i.norms]).cpu()
         loss = float(i.loss)
-        if math.isfinite(loss) and bool(torch.isfinite(norms).all()):
+        finite = torch.isfinite(norms)
+        if math.isfinite(loss) and bool(finite.all()):
             i.norms = norms.tolist()
             return
-        bad = int((~torch.isfinite(norms)).nonzero()[0]) if not torch.isfinite(norms).all() else 0
-        step = self.step - len(norms) + bad + 1
+        bad = 0 if finite.all() else int((~finite).nonzero()[0])
+        self._diverged(f"step {self.step - len(norms) + bad + 1} (loss {loss:.4g}, grad norm {float(norms[bad]):.4g})")
+
+    def _diverged(self, where: str) -> None:
         last = self.run_dir / "last.pt"
         kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written"
-        raise TrainingDiverged(
-            f"non-finite loss or gradient at step {step} (loss {loss:.4g}, grad norm {float(norms[bad]):.4g}); "
-            f"{kept}; lower --lr or set --clip"
-        )
+        raise TrainingDiverged(f"non-finite loss or gradient at {where}; {kept}; lower --lr or set --clip")
 
     def _flush(self) -> None:
         """Write one metrics line for the interval just ended (the only host sync of the interval)."""
         self._check_finite()
         i, clip = self.interval, self.config.optim.clip
-        if not i.norms:
-            return
         norms = torch.tensor(i.norms)
         loss = float(i.loss) / i.tokens
-        seconds = max(time.monotonic() - i.started, 1e-9)
         record = {
             "kind": "train", "step": self.step, "epoch": self.epoch, "tokens": self.tokens,
-            "loss": loss, "ppl": math.exp(loss),
+            "loss": loss, "ppl": perplexity(loss),
             "grad_norm_mean": float(norms.mean()), "grad_norm_max": float(norms.max()),
             "clip_rate": float((norms > clip).float().mean()) if clip > 0 else 0.0,
             "lr": self.learning_rate(),
             "segment_mean": sum(i.segments) / len(i.segments), "segment_max": max(i.segments),
             "max_weight": i.max_weight,
-            "tokens_per_s": i.tokens / seconds, "elapsed": self._elapsed(),
+            "tokens_per_s": i.tokens / max(time.monotonic() - i.started, 1e-9), "elapsed": self._elapsed(),
         }
         self._write_metrics(record)
         self.norm_history.extend(i.norms)
@@ -243,34 +264,54 @@ class Trainer:
         st["max_weight"] = max(st["max_weight"], i.max_weight)
         self.interval = Interval()
         self.last_train = record
-        self.view.stats(
-            f"ppl {record['ppl']:.2f}  val {self.last_val:.2f}  |g| {record['grad_norm_mean']:.2f}  "
-            f"clip {100 * record['clip_rate']:.0f}%  {record['tokens_per_s'] / 1000:.1f}k tok/s"
-        )
+        self._show()
+
+    def _show(self) -> None:
+        """The live statistics line: the last interval's training numbers and the last validation."""
+        r = self.last_train
+        if r:
+            val = f" / {self.last_val:.2f} val" if math.isfinite(self.last_val) else ""
+            self.view.stats(
+                f"loss {r['loss']:.3f} · ppl {r['ppl']:.2f} train{val} · |g| {r['grad_norm_mean']:.2f} · "
+                f"clip {100 * r['clip_rate']:.0f}% · {compact(r['tokens_per_s'])} chars/s"
+            )
 
     def _write_metrics(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        self.metrics_lines += 1
+
+    def _rewind_metrics(self) -> None:
+        """Keep only the metrics lines the checkpoint accounts for; later ones will be written again."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            atomic_write_text(path, "".join(lines[: self.metrics_lines]))
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def _evaluate(self) -> bool:
+        """Write an eval line with the validation perplexity; True when it is the best so far."""
+        c = self.config
+        self.evaluated_at = self.step
+        if len(self.data.val) < 2:
+            return True  # no validation split: the latest weights are the best we know
+        val_loss = evaluate(self.model, self.data.val, c.data.batch_size, c.strategy.num_steps)
+        self.last_val = perplexity(val_loss)
+        improved = self.last_val < self.best_val
+        self.best_val = min(self.best_val, self.last_val)
+        self._write_metrics({
+            "kind": "eval", "step": self.step, "epoch": self.epoch, "tokens": self.tokens,
+            "val_loss": val_loss, "val_ppl": self.last_val, "best_val_ppl": self.best_val,
+            "elapsed": self._elapsed(),
+        })
+        self._show()
+        return improved
+
     def _evaluate_and_save(self) -> None:
         self._check_finite()
-        c = self.config
-        if len(self.data.val) >= 2:
-            val_loss = evaluate(self.model, self.data.val, c.data.batch_size, c.strategy.num_steps)
-            self.last_val = math.exp(val_loss)
-            improved = self.last_val < self.best_val
-            self.best_val = min(self.best_val, self.last_val)
-            self._write_metrics({
-                "kind": "eval", "step": self.step, "epoch": self.epoch, "tokens": self.tokens,
-                "val_loss": val_loss, "val_ppl": self.last_val, "best_val_ppl": self.best_val,
-                "elapsed": self._elapsed(),
-            })
-        else:
-            improved = True  # no validation split: the latest weights are the best we know
-        self._save(best=improved)
+        self._save(best=self._evaluate())
 
     # -------------------------------------------------------------- checkpoints
     def summary(self) -> dict:
@@ -280,7 +321,7 @@ class Trainer:
         return {
             "step": self.step, "epoch": self.epoch, "tokens": self.tokens, "elapsed": self._elapsed(),
             "best_val_ppl": self.best_val, "final_val_ppl": self.last_val,
-            "train_ppl": getattr(self, "last_train", {}).get("ppl", math.nan),
+            "train_ppl": self.last_train.get("ppl", math.nan),
             "grad_norm_median": float(norms.median()), "grad_norm_max": float(norms.max()),
             "clip_rate": float((norms > clip).float().mean()) if clip > 0 else 0.0,
             "segment_mean": st["sum"] / st["count"] if st["count"] else math.nan,
@@ -288,21 +329,30 @@ class Trainer:
             "history": self.history,
         }
 
-    def _save(self, best: bool = False) -> None:
+    def _state(self) -> dict:
+        """Everything besides the weights that an exact resume continues from."""
         self._check_finite()
-        self.elapsed = self._elapsed()
-        payload = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "vocab": self.data.vocab.to_list(), "config": to_dict(self.config),
-            "step": self.step, "epoch": self.epoch, "tokens": self.tokens, "elapsed": self.elapsed,
+        return {
+            "step": self.step, "epoch": self.epoch, "tokens": self.tokens, "elapsed": self._elapsed(),
             "best_val": self.best_val, "last_val": self.last_val,
+            "evaluated_at": self.evaluated_at, "metrics_lines": self.metrics_lines,
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
             "batcher": self.batcher.state_dict(), "hidden": [list(layer) for layer in self.state],
             "interval": self.interval.state_dict(), "norm_history": torch.tensor(self.norm_history),
-            "segment_stats": dict(self.segment_stats), "history": self.history,
-            "last_train": getattr(self, "last_train", {}),
-            "summary": {k: v for k, v in self.summary().items() if k != "history"},
+            "segment_stats": dict(self.segment_stats), "history": list(self.history),
+            "last_train": self.last_train,
+        }
+
+    def _save(self, best: bool = False, state: dict | None = None) -> None:
+        """Write last.pt (and best.pt) atomically; `state` is the resume point if not the current one."""
+        state = state or self._state()
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._diverged(f"step {self.step} (non-finite weights)")
+        payload = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "vocab": self.data.vocab.to_list(), "config": to_dict(self.config), **state,
+            "summary": {**self.summary(), "grad_norms": torch.tensor(self.norm_history)},
         }
         paths = [self.run_dir / "last.pt"] + ([self.run_dir / "best.pt"] if best else [])
         checkpoint.save(payload, *paths)
@@ -311,56 +361,44 @@ class Trainer:
         try:
             self.model.load_state_dict(p["model"])
             self.optimizer.load_state_dict(p["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from None
-        self.step, self.epoch, self.tokens, self.elapsed = p["step"], p["epoch"], p["tokens"], p["elapsed"]
-        self.best_val, self.last_val = p["best_val"], p["last_val"]
-        torch.set_rng_state(p["rng"]["torch"])
-        self.generator.set_state(p["rng"]["generator"])
-        if self.device.type == "cuda" and p["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(p["rng"]["cuda"])
-        self.batcher.load_state_dict(p["batcher"])
-        self.state = [tuple(t.to(self.device) for t in layer) for layer in p["hidden"]]
-        i = p["interval"]
-        self.interval = Interval(i["loss"], i["tokens"], i["norms"], i["segments"], i["max_weight"])
-        self.norm_history = p["norm_history"].tolist()
-        self.segment_stats, self.history, self.last_train = p["segment_stats"], p["history"], p["last_train"]
-        self._truncate_metrics()
-
-    def _truncate_metrics(self) -> None:
-        """Drop metrics lines written after the checkpoint (they will be written again)."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            self.step, self.epoch, self.tokens, self.elapsed = p["step"], p["epoch"], p["tokens"], p["elapsed"]
+            self.best_val, self.last_val = p["best_val"], p["last_val"]
+            self.evaluated_at, self.metrics_lines = p["evaluated_at"], p["metrics_lines"]
+            torch.set_rng_state(p["rng"]["torch"])
+            self.generator.set_state(p["rng"]["generator"])
+            if self.device.type == "cuda" and p["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(p["rng"]["cuda"])
+            self.batcher.load_state_dict(p["batcher"])
+            self.state = [tuple(t.to(self.device) for t in layer) for layer in p["hidden"]]
+            i = p["interval"]
+            self.interval = Interval(i["loss"], i["tokens"], i["norms"], i["segments"], i["max_weight"])
+            self.norm_history = p["norm_history"].tolist()
+            self.segment_stats, self.history, self.last_train = p["segment_stats"], p["history"], p["last_train"]
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"checkpoint does not match this model or version: {reason}") from None
 
     def _announce(self) -> None:
         c, b = self.config, self.batcher
         self.view.print(
-            f"[bold]{c.strategy.name.value}[/] BPTT · {c.model.cell.value.upper()}-{c.model.hidden}"
-            f"x{c.model.layers} · vocab {len(self.data.vocab)} · {len(self.data.train):,} train / "
-            f"{len(self.data.val):,} val chars · {b.steps_per_epoch} steps x {c.data.batch_size} streams per epoch"
-            f" · {self.device.type} · run {self.run_dir}"
+            f"[bold]{c.strategy.name.value}[/] BPTT · {c.model.cell.value.upper()}-{c.model.hidden}x{c.model.layers}"
+            f" · vocab {len(self.data.vocab)} · {compact(len(self.data.train))} train / "
+            f"{compact(len(self.data.val))} val chars\n{c.data.batch_size} {c.data.partition.value} streams x "
+            f"{compact(b.steps_per_epoch)} chars per epoch · tau {c.strategy.num_steps} · {self.device.type}\n"
+            f"run: {self.run_dir}" + (f" · resuming at step {self.step}" if self.step else "")
         )
         if self.strategy.whole_epoch:
             mib = activation_bytes(c, b.steps_per_epoch) / 2**20
             self.view.print(
-                f"full BPTT over the whole epoch: one update per epoch, ~{mib:,.0f} MiB of activations"
+                f"full BPTT over the whole epoch: one update per epoch, ~{mib:,.1f} MiB of activations"
                 + (" (--recompute: ~sqrt of that)" if c.train.recompute else "")
             )
 
 
-def prepare_run(config: Config, run_dir: Path | None) -> Path:
-    """Create the run directory and write its resolved config.yaml; refuse to overwrite a run."""
-    run_dir = Path(run_dir or config.train.run_dir or default_run_dir(config))
-    if (run_dir / "last.pt").exists():
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a directory that already holds a run (its checkpoint or metrics would be overwritten)."""
+    if (run_dir / "last.pt").exists() or (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir")
-    ensure_dir(run_dir, ConfigError)
-    config.train.run_dir = str(run_dir)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return run_dir
 
 
 RESUMABLE_SECTIONS = ("optim", "train")
@@ -381,10 +419,19 @@ def resume_config(saved: dict, flags: dict | None = None, sets: list[str] = ()) 
     return config
 
 
+def _start(trainer: Trainer) -> dict:
+    """Write the run's resolved config.yaml (only once everything is known to be valid), then train."""
+    ensure_dir(trainer.run_dir, ConfigError)
+    atomic_write_text(trainer.run_dir / "config.yaml", dump_yaml(trainer.config))
+    return trainer.run()
+
+
 def train(config: Config, run_dir: Path | None = None, quiet: bool = False, view: LiveView | None = None) -> dict:
     """Start a new run; returns its summary. `view` replaces the run's own progress display."""
-    run_dir = prepare_run(config, run_dir)
-    return Trainer(config, run_dir, quiet=quiet, view=view).run()
+    run_dir = Path(run_dir or config.train.run_dir or default_run_dir(config))
+    check_new_run_dir(run_dir)
+    config.train.run_dir = str(run_dir)
+    return _start(Trainer(config, run_dir, quiet=quiet, view=view))
 
 
 def resume(run_dir: Path, flags: dict | None = None, sets: list[str] = (), quiet: bool = False) -> dict:
@@ -393,7 +440,8 @@ def resume(run_dir: Path, flags: dict | None = None, sets: list[str] = (), quiet
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir} has no last.pt to resume from; start a run with bptt train first")
     payload = checkpoint.load(run_dir / "last.pt")
+    if not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"{run_dir / 'last.pt'} holds no run config; it was not written by bptt train")
     config = resume_config(payload["config"], flags, sets)
     config.train.run_dir = str(run_dir)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
-    return Trainer(config, run_dir, resume=payload, quiet=quiet).run()
+    return _start(Trainer(config, run_dir, resume=payload, quiet=quiet))

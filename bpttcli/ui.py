@@ -5,33 +5,64 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(stderr=True)
 stdout = Console()
 
 
-class LiveView:
-    """A progress bar with ETA and one line of live statistics."""
+def compact(n: float) -> str:
+    """4_900_000 -> '4.9M', 1234 -> '1.2k', 56 -> '56': short enough for an 80-column line."""
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}"
 
-    def __init__(self, description: str, total: float | None, quiet: bool = False, unit_column=None):
+
+class CountColumn(ProgressColumn):
+    """'1.2M/4.9M chars': done and total in compact units."""
+
+    def __init__(self, unit: str = ""):
+        super().__init__()
+        self.unit = f" {unit}" if unit else ""
+
+    def render(self, task) -> Text:
+        total = "?" if task.total is None else compact(task.total)
+        return Text(f"{compact(task.completed)}/{total}{self.unit}", style="progress.download")
+
+
+class StatsProgress(Progress):
+    """A progress table with each task's `stats` field on its own line below it."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.fields.get("stats"):
+                yield Text(task.fields["stats"], no_wrap=True, overflow="ellipsis")
+
+
+class LiveView:
+    """A progress bar with counts and ETA, and one line of live statistics below it."""
+
+    def __init__(self, description: str, total: float | None, quiet: bool = False, unit: str = ""):
         self.quiet = quiet
-        self.progress = Progress(
+        self.progress = StatsProgress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            unit_column or MofNCompleteColumn(),
+            BarColumn(bar_width=24),
+            TaskProgressColumn(),
+            CountColumn(unit),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"),
             console=console,
             disable=quiet,
-            transient=False,
         )
         self.task = self.progress.add_task(description, total=total, stats="")
 

@@ -1,0 +1,58 @@
+"""The two training loops the benchmark times: the trainer's own step, and the plain PyTorch baseline."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bpttcli.config import load_config
+from bpttcli.train import Trainer, load_dataset
+
+from baseline import BaselineLoop
+
+# full BPTT "exact over each window of tau": random partitioning, a fresh state per window
+PARTITION = {"full": "random", "truncated": "sequential", "random": "sequential"}
+
+
+class _NullView:
+    """Stands in for the trainer's progress display."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def trainer_config(data: Path, cell: str, hidden: int, strategy: str, device: str, steps: int = 35, batch: int = 32):
+    return load_config(None, {
+        "data.path": str(data), "data.partition": PARTITION[strategy], "data.batch_size": batch,
+        "model.cell": cell, "model.hidden": hidden, "strategy.name": strategy, "strategy.num_steps": steps,
+        "optim.optimizer": "sgd", "optim.lr": 1.0, "optim.clip": 1.0, "train.epochs": 10**9,
+        "train.device": device, "train.eval_every": 0,
+    })
+
+
+class TrainerLoop:
+    """`Trainer._train_step` itself: strategy segment, batch, forward_loss, backward, clip, SGD step."""
+
+    def __init__(self, data: Path, cell: str, hidden: int, strategy: str, device: str):
+        self._dir = tempfile.TemporaryDirectory(prefix="bptt-bench-")
+        view = _NullView()
+        self.trainer = Trainer(trainer_config(data, cell, hidden, strategy, device), Path(self._dir.name), True, view=view)
+        self.trainer.view, self.trainer.started = view, time.monotonic()
+
+    def step(self) -> int:
+        t, before = self.trainer, self.trainer.tokens
+        if not t._should_continue():
+            raise RuntimeError("the benchmark's trainer ran out of epochs")
+        t._train_step()
+        if len(t.interval.norms) >= 1000:  # what _flush would do, without its file and display
+            t.interval = type(t.interval)()
+        return t.tokens - before
+
+
+def baseline_loop(data: Path, cell: str, hidden: int, strategy: str, device: str) -> BaselineLoop:
+    config = trainer_config(data, cell, hidden, strategy, device)
+    dataset = load_dataset(config, quiet=True)
+    return BaselineLoop(cell, hidden, strategy, dataset.train, len(dataset.vocab), torch.device(device))

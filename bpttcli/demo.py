@@ -1,0 +1,176 @@
+"""Influence balancing: a task on which truncated BPTT gets the gradient's sign wrong and randomized truncation does not.
+
+From Tallec & Ollivier, "Unbiased Online Recurrent Optimization" (2017) and "Unbiasing Truncated
+Backpropagation Through Time" (2017), also used by Vicol et al., "Unbiased Gradient Estimation in
+Unrolled Computation Graphs with Persistent Evolution Strategies" (PES, 2021)::
+
+    s_t = A s_{t-1} + theta u,   A = (I + N) / 2  (N: ones on the superdiagonal),   loss_t = (s_t[0] - 1)^2 / 2
+
+u has p entries +1, then n - p entries -1. Entry j of u reaches s[0] after about 2j steps, so theta's
+influence on the loss is positive in the short run and negative in the long run (p < n/2). Truncated
+BPTT sees only the short run: for small tau its gradient has the wrong sign and theta runs away.
+
+Every run uses the training code's strategy objects and segment iteration (`engine.segments`), online
+as in training: theta is updated after each segment and the state carried, detached. The task runs in
+episodes from s_0 = 1 (like epochs; full BPTT spans one episode). All runs divide a segment's summed
+loss by the same tau, as training divides by B * tau, so lr means the same step per time step whatever
+the strategy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from .engine import segments
+from .errors import ConfigError
+from .fsutil import atomic_write_text, ensure_dir
+from .plots import Series, plot_lines
+from .strategies import Schedule, Strategy, StrategyName, make_strategy
+from .ui import LiveView
+from .unrolled import scale_grad
+
+DIVERGED = 1e8  # a run stops once a step's loss exceeds this
+
+
+@dataclass
+class Task:
+    n: int = 23
+    p: int = 10
+    theta0: float = 0.5
+
+    def system(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and u, in float64."""
+        a = 0.5 * (torch.eye(self.n, dtype=torch.float64) + torch.diag(torch.ones(self.n - 1, dtype=torch.float64), 1))
+        u = torch.cat([torch.ones(self.p, dtype=torch.float64), -torch.ones(self.n - self.p, dtype=torch.float64)])
+        return a, u
+
+    def optimal_theta(self, episode: int) -> float:
+        """The exact minimiser of one episode's loss: s_t[0] = a_t + theta b_t is affine in theta."""
+        a_mat, u = self.system()
+        s, d, a, b = torch.ones(self.n, dtype=torch.float64), torch.zeros_like(u), [], []
+        for _ in range(episode):
+            s, d = a_mat @ s, a_mat @ d + u
+            a.append(s[0])
+            b.append(d[0])
+        a, b = torch.stack(a), torch.stack(b)
+        return float((b * (1 - a)).sum() / (b * b).sum())
+
+    def stationary_theta(self) -> float:
+        """The long-run optimum: the fixed point s* = theta (I - A)^-1 u has s*[0] = 2 theta (2p - n) = 1."""
+        return 1 / (2 * (2 * self.p - self.n))
+
+
+@dataclass
+class Run:
+    label: str
+    theta: float
+    losses: torch.Tensor  # per time step
+    diverged_at: int | None = None
+
+
+def unroll(a: torch.Tensor, u: torch.Tensor, theta: torch.Tensor, s: torch.Tensor, length: int, xi):
+    """Per-step losses of one segment and its last state; xi[k] weights the gradient along s_{k-1} -> s_k."""
+    losses = []
+    for k in range(length):
+        s = a @ scale_grad(s, 1.0 if xi is None else xi[k]) + theta * u
+        losses.append(0.5 * (s[0] - 1) ** 2)
+    return torch.stack(losses), s
+
+
+def train_online(task: Task, strategy: Strategy, steps: int, episode: int, lr: float, norm: float,
+                 generator: torch.Generator, view: LiveView) -> tuple[float, torch.Tensor, int | None]:
+    """SGD on theta, one update per segment; returns final theta, per-step losses, the step it diverged at."""
+    a, u = task.system()
+    theta = torch.tensor(task.theta0, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([theta], lr=lr)
+    losses = []
+    for start in range(0, steps, episode):
+        s = torch.ones(task.n, dtype=torch.float64)
+        for part, xi in segments(strategy, min(episode, steps - start), generator):
+            loss, s = unroll(a, u, theta, s, part.stop - part.start, xi)
+            (loss.sum() / norm).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            s = s.detach()
+            losses.append(loss.detach())
+            view.advance(len(loss))
+            if not bool(loss.max() < DIVERGED):
+                return float(theta), torch.cat(losses), start + part.stop
+    return float(theta), torch.cat(losses), None
+
+
+def lineup(truncations: list[int], tau: int, episode: int) -> list[tuple[str, Strategy]]:
+    """The strategies compared, built exactly as training builds them (state carried)."""
+    runs = [(f"truncated tau={t}", make_strategy(StrategyName.truncated, t, True)) for t in truncations]
+    runs += [(f"random {s.value} tau={tau}", make_strategy(StrategyName.random, tau, True, s)) for s in Schedule]
+    return runs + [(f"full (episode {episode})", make_strategy(StrategyName.full, episode, True))]
+
+
+def influence_balancing(task: Task, steps: int, episode: int, lr: float, tau: int, truncations: list[int],
+                        seed: int, quiet: bool = False) -> list[Run]:
+    """Train theta online with every strategy of `lineup`, each from the same seed."""
+    if not 0 < task.p < task.n or 2 * task.p == task.n:
+        raise ConfigError(f"--p must be in 1..n-1 and differ from n/2 (got n={task.n}, p={task.p})")
+    if min(steps, episode, tau, *truncations) < 1 or lr <= 0:
+        raise ConfigError("--steps, --episode, --tau and --truncation must be >= 1 and --lr > 0")
+    strategies = lineup(truncations, tau, episode)
+    runs = []
+    with LiveView("influence balancing", steps * len(strategies), quiet) as view:
+        for label, strategy in strategies:
+            view.describe(label)
+            theta, losses, diverged = train_online(task, strategy, steps, episode, lr, tau,
+                                                   torch.Generator().manual_seed(seed), view)
+            view.advance(steps - len(losses))
+            runs.append(Run(label, theta, losses, diverged))
+    return runs
+
+
+def final_loss(run: Run, episode: int) -> float:
+    """Mean loss per step over the last episode (or up to divergence)."""
+    return float(run.losses[-episode:].mean())
+
+
+def table(runs: list[Run], task: Task, episode: int) -> Table:
+    best = task.optimal_theta(episode)
+    t = Table(title=f"Influence balancing (n={task.n}, p={task.p}): optimal theta {best:.4f} for an episode of "
+                    f"{episode} steps, {task.stationary_theta():.4f} in the long run", title_justify="left")
+    for column in ("strategy", "final theta", "|theta - optimum|", "loss (last episode)", "status"):
+        t.add_column(column, justify="left" if column in ("strategy", "status") else "right")
+    for r in runs:
+        status = f"diverged at step {r.diverged_at}" if r.diverged_at else "ran to the end"
+        t.add_row(r.label, f"{r.theta:.4g}", f"{abs(r.theta - best):.3g}", f"{final_loss(r, episode):.3g}", status)
+    return t
+
+
+def smoothed(losses: torch.Tensor, points: int = 200) -> tuple[list[int], list[float]]:
+    """Mean loss over consecutive blocks of steps, at each block's last step."""
+    block = max(1, len(losses) // points)
+    usable = len(losses) // block * block
+    means = losses[:usable].view(-1, block).mean(1) if usable else losses
+    return [block * (i + 1) for i in range(len(means))], means.tolist()
+
+
+def save(runs: list[Run], task: Task, episode: int, out: Path) -> tuple[Path, Path]:
+    """influence-balancing.json and .png in `out`."""
+    ensure_dir(out, ConfigError)
+    summary = {
+        "task": vars(task), "episode": episode, "optimal_theta": task.optimal_theta(episode),
+        "stationary_theta": task.stationary_theta(),
+        "runs": [{"strategy": r.label, "theta": r.theta, "loss": final_loss(r, episode), "diverged_at": r.diverged_at}
+                 for r in runs],
+    }
+    atomic_write_text(out / "influence-balancing.json", json.dumps(summary, indent=1) + "\n")
+    series = [Series(r.label, *smoothed(r.losses)) for r in runs]
+    png = plot_lines(out / "influence-balancing.png", series, "time step", "loss (mean over blocks of steps)",
+                     f"Influence balancing: online SGD on theta (optimum {task.optimal_theta(episode):.3f})", logy=True)
+    return out / "influence-balancing.json", png
+
+
+def default_out() -> Path:
+    return Path("analysis") / f"{datetime.now():%Y%m%d-%H%M%S}-influence-balancing"

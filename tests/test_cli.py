@@ -1,0 +1,130 @@
+"""The `bptt` command through typer's CliRunner: help, version, one-line errors, download, a tiny run."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+
+import pytest
+import typer
+
+from bpttcli import __version__, checkpoint
+from bpttcli.cli import app
+from bpttcli.data import min_corpus_length
+from bpttcli.download import DEFAULT_SHA1, sha1_of
+
+COMMANDS = sorted(typer.main.get_command(app).commands)
+WORLD = "Ünïcödé 東京 🚀 line one\nCRLF line\r\n" * 8
+
+
+@pytest.fixture
+def cli_error(bptt_error):
+    """These errors come before any work: the error line is the whole output."""
+    return functools.partial(bptt_error, alone=True)
+
+
+@pytest.fixture
+def data_error(cli_error, tmp_path):
+    """`bptt train --data PATH ARGS` must fail with exit 3, one line, and no run directory left behind."""
+
+    def run(path, *args) -> str:
+        line = cli_error("train", "--data", path, "-q", *args, code=3)
+        assert not (tmp_path / "runs").exists()
+        return line
+
+    return run
+
+
+def test_help_lists_commands(bptt):
+    out = bptt("--help").output
+    assert {"download", "train"} <= set(COMMANDS) and all(name in out for name in COMMANDS)
+
+
+def test_version(bptt):
+    assert bptt("--version").output.strip() == f"bptt {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_an_example(bptt, command):
+    assert "Example" in bptt(command, "--help").output
+
+
+def test_data_missing(data_error, tmp_path):
+    assert "not a file" in data_error(tmp_path / "missing.txt")
+
+
+def test_data_directory(data_error, tmp_path):
+    assert "not a file" in data_error(tmp_path)
+
+
+def test_data_not_utf8(data_error, tiny_corpus):
+    assert "not UTF-8" in data_error(tiny_corpus("café crème ".encode("latin-1") * 200))
+
+
+def test_data_empty(data_error, tiny_corpus):
+    assert "empty" in data_error(tiny_corpus(""))
+
+
+@pytest.mark.parametrize("batch, steps, fraction", [(2, 5, 0.1), (3, 4, 0.2), (32, 35, 0.1)])
+def test_data_too_short_names_the_minimum(data_error, tiny_corpus, batch, steps, fraction):
+    need = min_corpus_length(batch, steps, fraction)
+    path = tiny_corpus((WORLD * 20)[: need - 1])
+    line = data_error(path, "--preprocess", "raw", "-b", batch, "-t", steps, "--val-fraction", fraction)
+    assert f"at least {need};" in line and f"has {need - 1} characters" in line
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [(["--set", "foo.bar=1"], "foo.bar"), (["--set", "optim.lr=abc"], "optim.lr"),
+     (["--set", "model.cell=transformer"], "model.cell"), (["--lr", "-1"], "optim.lr"),
+     (["--set", "data.val_fraction=1.5"], "data.val_fraction")],
+)
+def test_bad_set_or_flag_is_one_line(cli_error, args, named):
+    assert named in cli_error("train", *args, code=2)
+
+
+@pytest.mark.parametrize(
+    "content, named", [("model:\n  hiden: 3\n", "model.hiden"), ("data:\n  batch_size: -1\n", "data.batch_size"),
+                       ("optim: {lr: fast}\n", "optim.lr")],
+)
+def test_bad_config_file_is_one_line(cli_error, tmp_path, content, named):
+    (tmp_path / "bad.yaml").write_text(content)
+    assert named in cli_error("train", "--config", tmp_path / "bad.yaml", code=2)
+
+
+def test_download_the_book_verifies_and_caches(bptt, http_server, book, tmp_path):
+    http_server.routes["/timemachine.txt"] = [("ok", book.read_bytes())]
+    args = ("download", "--url", http_server.url("/timemachine.txt"), "--data-dir", tmp_path / "cache", "-q")
+    assert "verified" in bptt(*args).output
+    assert sha1_of(tmp_path / "cache" / "timemachine.txt") == DEFAULT_SHA1
+    bptt(*args)
+    assert http_server.hits == ["/timemachine.txt"]  # the second call made no request
+
+
+def test_download_with_custom_checksum_caches(bptt, http_server, tmp_path):
+    body = b"a small corpus\n" * 100
+    http_server.routes["/c.txt"] = [("ok", body)]
+    args = ("download", "--url", http_server.url("/c.txt"), "--sha1", hashlib.sha1(body).hexdigest(), "-q")
+    bptt(*args)
+    bptt(*args)
+    assert (tmp_path / "data" / "c.txt").read_bytes() == body and len(http_server.hits) == 1
+
+
+def test_download_checksum_mismatch(cli_error, http_server, tmp_path):
+    http_server.routes["/timemachine.txt"] = [("ok", b"not the book")]
+    line = cli_error("download", "--url", http_server.url("/timemachine.txt"), "--data-dir", tmp_path / "c", "-q",
+                      code=4)
+    assert "checksum mismatch" in line and DEFAULT_SHA1 in line
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_tiny_corpus_end_to_end(bptt, tiny_corpus, tmp_path):
+    path = tiny_corpus(WORLD)
+    run = tmp_path / "run"
+    bptt("train", "--data", path, "--preprocess", "raw", "--batch-size", 2, "--num-steps", 5, "--hidden", 16,
+         "--epochs", 1, "--run-dir", run, "-q")
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} >= {"train", "eval"}
+    assert set(checkpoint.load(run / "last.pt")["vocab"]) == set(WORLD)  # raw keeps every character

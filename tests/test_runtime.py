@@ -1,0 +1,77 @@
+"""bpttcli.runtime: device choice, seeding, the Ctrl-C hook and the allocator."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+import torch
+
+from bpttcli.config import Device
+from bpttcli.errors import ConfigError
+from bpttcli.runtime import on_sigint, resolve_device, seed_everything, tune_allocator
+
+
+@pytest.fixture
+def accelerators(monkeypatch):
+    """Pretend which accelerators exist: accelerators(cuda=..., mps=...)."""
+
+    def pretend(cuda: bool, mps: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    return pretend
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_cpu(accelerators, cuda, mps, expected):
+    accelerators(cuda, mps)
+    assert resolve_device("auto") == torch.device(expected)
+    assert resolve_device(Device.cpu) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("requested", ["cuda", "mps"])
+def test_an_unavailable_accelerator_is_a_one_line_error(accelerators, requested):
+    accelerators(False, False)
+    with pytest.raises(ConfigError, match=f"--device {requested} requested but it is not available") as caught:
+        resolve_device(requested)
+    assert "\n" not in str(caught.value)
+
+
+def test_seeding_repeats_weights_and_data_draws():
+    draws = []
+    for seed in (5, 5, 6):
+        generator = seed_everything(seed)
+        draws.append((torch.randn(3), torch.randint(100, (3,), generator=generator)))
+    (w1, d1), (w2, d2), (w3, d3) = draws
+    assert torch.equal(w1, w2) and torch.equal(d1, d2)
+    assert not torch.equal(w1, w3) and not torch.equal(d1, d3)
+
+
+def test_on_sigint_routes_ctrl_c_and_puts_the_old_handler_back():
+    seen, before = [], signal.getsignal(signal.SIGINT)
+    with on_sigint(lambda signum, frame: seen.append(signum)):
+        signal.raise_signal(signal.SIGINT)
+    assert seen == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is before
+
+
+def test_on_sigint_outside_the_main_thread_leaves_signals_alone():
+    errors = []
+
+    def body() -> None:
+        try:
+            with on_sigint(lambda signum, frame: None):
+                pass
+        except ValueError as exc:  # signal.signal() outside the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert errors == []
+
+
+def test_tune_allocator_is_harmless():
+    tune_allocator()
+    assert torch.ones(1 << 16).sum() == 1 << 16

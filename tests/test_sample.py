@@ -1,0 +1,119 @@
+"""`bptt sample`: streaming, preprocessing of the prefix, reproducibility, unknown characters, bad input."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+import torch
+
+from bpttcli.config import load_config
+from bpttcli.sample import Sampler, pick, sample
+from bpttcli.train import train
+from helpers import one_thread  # noqa: F401
+
+TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
+        "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n") * 3
+
+
+def tiny_run(root, preprocess: str, device: str = "cpu"):
+    corpus = root / "tiny.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    flags = {"data.path": str(corpus), "data.preprocess": preprocess, "model.hidden": 16, "data.batch_size": 2,
+             "strategy.num_steps": 5, "train.max_steps": 30, "train.eval_every": 10, "train.device": device}
+    train(load_config(None, flags), root / "run", quiet=True)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def letters_run(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("letters"), "letters")
+
+
+@pytest.fixture(scope="module")
+def raw_run(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("raw"), "raw")
+
+
+def generate(run, **options) -> str:
+    out = io.StringIO()
+    sample(run, out=out, **options)
+    return out.getvalue()
+
+
+def test_cli_streams_preprocessed_prefix_then_length_chars(bptt, letters_run):
+    out = bptt("sample", letters_run, "--prefix", "The  Time!", "--length", 40, "--seed", 1).output
+    assert out.startswith("the time ") and out.endswith("\n")
+    assert len(out.rstrip("\n")) == len("the time ") + 40
+    assert set(out.rstrip("\n")) <= set("abcdefghijklmnopqrstuvwxyz ")
+
+
+def test_seed_reproduces_and_samples_differ(letters_run):
+    one = generate(letters_run, prefix="the", length=60, seed=3)
+    assert generate(letters_run, prefix="the", length=60, seed=3) == one
+    assert generate(letters_run, prefix="the", length=60, seed=4) != one
+    samples = generate(letters_run, prefix="the", length=60, seed=3, num_samples=3).split("\n\n")
+    assert len(samples) == 3 and samples[0] + "\n" == one and len(set(samples)) == 3
+
+
+def test_greedy_and_top_1_agree(letters_run):
+    greedy = generate(letters_run, prefix="the time", length=30, greedy=True)
+    assert generate(letters_run, prefix="the time", length=30, top_k=1, seed=9) == greedy
+
+
+def test_empty_prefix_starts_from_the_most_frequent_character(letters_run):
+    out = generate(letters_run, length=25, seed=0)
+    assert len(out) == 26 and "\ufffd" not in out
+
+
+def test_pick_never_returns_unk_and_honours_top_k():
+    logits = torch.tensor([10.0, 1.0, 2.0, 3.0])
+    g = torch.Generator().manual_seed(0)
+    assert pick(logits, 1.0, 0, True, g) == 3
+    assert {pick(logits, 5.0, 2, False, g) for _ in range(200)} == {2, 3}
+    assert 0 not in {pick(logits, 100.0, 0, False, g) for _ in range(200)}
+
+
+def test_unknown_characters(bptt_error, raw_run):
+    line = bptt_error("sample", raw_run, "--prefix", "Zoë€", "--length", 5, code=2)
+    assert "'Z'" in line and "'ë'" in line and "'€'" in line and "--unknown" in line
+    assert generate(raw_run, prefix="Zoë€", length=5, seed=0, unknown="skip").startswith("o")
+    assert generate(raw_run, prefix="Zoë", length=5, seed=0, unknown="unk").startswith("\ufffdo\ufffd")
+
+
+def test_letters_mode_lowercases_instead_of_refusing(letters_run):
+    assert generate(letters_run, prefix="HIS GREY", length=3, seed=0).startswith("his grey")
+
+
+@pytest.mark.parametrize("args", [("--temperature", 0), ("--temperature", -1), ("--top-k", -1),
+                                  ("--length", -1), ("-n", 0), ("--unknown", "ignore")])
+def test_bad_options_are_one_line_errors(bptt_error, letters_run, args):
+    assert bptt_error("sample", letters_run, *args, code=2).startswith("error: --")
+
+
+def test_corrupted_and_missing_checkpoints(bptt_error, letters_run, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((letters_run / "best.pt").read_bytes()[:500])
+    assert "corrupted" in bptt_error("sample", bad, code=5)
+    assert "no checkpoint" in bptt_error("sample", tmp_path / "missing.pt", code=5)
+    assert "no checkpoint" in bptt_error("sample", tmp_path, code=5)
+
+
+def test_last_picks_last_pt(bptt, bptt_error, letters_run, tmp_path):
+    run = shutil.copytree(letters_run, tmp_path / "run")
+    (run / "best.pt").write_bytes(b"garbage")
+    bptt_error("sample", run, code=5)
+    assert len(bptt("sample", run, "--last", "--length", 10, "--seed", 0).output) == 11
+
+
+def test_loads_on_cpu(letters_run):
+    sampler = Sampler.load(letters_run, device="cpu")
+    assert {p.device.type for p in sampler.model.parameters()} == {"cpu"}
+    assert not sampler.model.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to write a GPU-trained checkpoint")
+def test_gpu_checkpoint_samples_on_cpu(tmp_path):
+    run = tiny_run(tmp_path, "letters", device="cuda")
+    assert len(generate(run, length=20, seed=0, device="cpu")) == 21

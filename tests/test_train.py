@@ -1,0 +1,319 @@
+"""bpttcli.train end to end: run directory, metrics, checkpoints, exact resume, Ctrl-C, divergence, limits, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bpttcli import checkpoint
+from bpttcli.config import load_config, read_yaml, to_dict
+from bpttcli.train import Interrupted, resume, train
+from helpers import one_thread  # noqa: F401
+
+TEXT = (
+    "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
+    "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n"
+) * 2
+TIMING = ("tokens_per_s", "elapsed")
+TINY = {"model.hidden": 16, "data.batch_size": 2, "strategy.num_steps": 5, "train.log_every": 4,
+        "train.eval_every": 6, "train.device": "cpu"}
+TINY_ARGS = ("--hidden", 16, "-b", 2, "-t", 5, "--device", "cpu", "-q")
+N = 20  # steps of the uninterrupted reference runs
+VARIANTS = {
+    "sequential-truncated": {},
+    "random-strategy": {"strategy.name": "random"},
+    "dropout": {"model.dropout": 0.3, "model.layers": 2},
+    "random-partition": {"data.partition": "random"},
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def config(corpus, **flags):
+    """A tiny run's config; `flags` use '__' for '.', e.g. train__max_steps=20."""
+    return load_config(None, {**TINY, "data.path": str(corpus), **{k.replace("__", "."): v for k, v in flags.items()}})
+
+
+def metrics(run_dir, timing: bool = False) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [{k: v for k, v in json.loads(line).items() if timing or k not in TIMING} for line in lines]
+
+
+def variant(name: str, **flags) -> dict:
+    return {**{k.replace(".", "__"): v for k, v in VARIANTS[name].items()}, **flags}
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """Metrics of the uninterrupted N-step run of each variant, computed once."""
+    cache = {}
+
+    def get(name: str) -> list[dict]:
+        if name not in cache:
+            run_dir = tmp_path_factory.mktemp(name) / "run"
+            train(config(corpus, **variant(name, train__max_steps=N)), run_dir, quiet=True)
+            cache[name] = metrics(run_dir)
+        return cache[name]
+
+    return get
+
+
+# ------------------------------------------------------------------ a run's directory
+def test_run_dir_holds_config_metrics_and_checkpoints(corpus, tmp_path):
+    summary = train(config(corpus, train__max_steps=14), tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"}
+    saved = read_yaml(run / "config.yaml")
+    assert saved == to_dict(config(corpus, train__max_steps=14, train__run_dir=str(run)))
+    records = metrics(run, timing=True)
+    train_lines = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train_lines] == [4, 8, 12, 14]  # every log_every, then the partial interval
+    assert [r["step"] for r in evals] == [6, 12, 14]  # every eval_every, then at the end
+    for r in train_lines:
+        assert set(r) >= {"epoch", "tokens", "loss", "ppl", "grad_norm_mean", "grad_norm_max", "clip_rate", "lr",
+                          "tokens_per_s", "segment_mean", "segment_max", "max_weight", "elapsed"}
+        assert r["ppl"] == pytest.approx(math.exp(r["loss"]))
+        assert 0 < r["grad_norm_mean"] <= r["grad_norm_max"] and 0 <= r["clip_rate"] <= 1
+        assert r["segment_mean"] == r["segment_max"] == 5 and r["tokens"] == 10 * r["step"]
+    assert evals[-1]["best_val_ppl"] == min(e["val_ppl"] for e in evals) == summary["best_val_ppl"]
+    assert summary["final_val_ppl"] == evals[-1]["val_ppl"] and summary["step"] == 14
+
+
+def test_checkpoints_hold_what_resume_and_reports_need(corpus, tmp_path):
+    train(config(corpus, train__max_steps=14), tmp_path / "run", quiet=True)
+    last, best = (checkpoint.load(tmp_path / "run" / name) for name in ("last.pt", "best.pt"))
+    assert set(last) >= {"model", "optimizer", "vocab", "config", "step", "epoch", "rng", "batcher", "hidden",
+                         "interval", "summary", "norm_history"}
+    assert last["step"] == 14 and last["config"]["train"]["max_steps"] == 14
+    s = last["summary"]
+    assert len(s["grad_norms"]) == 14 and torch.isfinite(s["grad_norms"]).all()
+    assert s["grad_norm_max"] == float(s["grad_norms"].max()) and [h["step"] for h in s["history"]] == [4, 8, 12, 14]
+    assert s["best_val_ppl"] <= s["final_val_ppl"] and s["step"] == 14
+    assert best["summary"]["best_val_ppl"] == s["best_val_ppl"]
+    tensors = [v for v in last["model"].values()] + last["hidden"][0]
+    assert all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(corpus, tmp_path):
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(config(corpus, train__max_steps=8, train__seed=seed, strategy__name="random"), tmp_path / name, quiet=True)
+        runs[name] = metrics(tmp_path / name)
+    assert runs["a"] == runs["b"] != runs["c"]
+
+
+# ------------------------------------------------------------------ exact resume
+@pytest.mark.parametrize("k", [7, 6], ids=["mid-interval", "eval-boundary"])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_stop_and_resume_gives_the_same_metrics(corpus, tmp_path, reference, name, k):
+    run = tmp_path / "run"
+    train(config(corpus, **variant(name, train__max_steps=k)), run, quiet=True)
+    assert [r["step"] for r in metrics(run)][-1] == k  # the stopped run logged and validated at its end
+    resume(run, {"train.max_steps": N}, quiet=True)
+    assert metrics(run) == reference(name)
+
+
+def test_resume_with_more_epochs_continues_into_the_next_epoch(corpus, tmp_path):
+    train(config(corpus, train__epochs=2, train__eval_every=0), tmp_path / "two", quiet=True)
+    train(config(corpus, train__epochs=1, train__eval_every=0), tmp_path / "one", quiet=True)
+    resume(tmp_path / "one", {"train.epochs": 2}, quiet=True)
+    two = metrics(tmp_path / "two")
+    assert two[-1]["epoch"] == 1 and metrics(tmp_path / "one") == two
+
+
+class StopAt:
+    """A silent progress view that sends this process SIGINT once `tokens` characters are trained."""
+
+    def __init__(self, tokens: int):
+        self.left = tokens
+
+    def advance(self, amount: float = 1, **fields) -> None:
+        self.left -= amount
+        if self.left <= 0 < self.left + amount:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def stats(self, text: str) -> None:
+        pass
+
+    def print(self, message: str) -> None:
+        pass
+
+
+def test_sigint_saves_a_checkpoint_that_resumes_exactly(corpus, tmp_path, reference):
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted, match=f"at step 7; .*bptt train --resume {run}"):
+        train(config(corpus, train__max_steps=N), run, view=StopAt(70))
+    assert checkpoint.load(run / "last.pt")["step"] == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    resume(run, quiet=True)
+    assert metrics(run) == reference("sequential-truncated")
+
+
+def test_ctrl_c_on_the_cli_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-c", "from bpttcli.cli import main; main()", "train", "--data", str(corpus),
+               *map(str, TINY_ARGS), "--max-steps", "100000", "--log-every", "5", "--eval-every", "6", "--run-dir", str(run)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"checkpoint saved; resume with: bptt train --resume {run}" in err and "Traceback" not in err
+    stopped = checkpoint.load(run / "last.pt")["step"]
+    resume(run, {"train.max_steps": stopped + 7, "train.log_every": 5}, quiet=True)
+    train(config(corpus, train__max_steps=stopped + 7, train__log_every=5), tmp_path / "ref", quiet=True)
+    assert metrics(run) == metrics(tmp_path / "ref")
+
+
+def test_resume_allows_optim_and_train_changes(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(config(corpus, train__max_steps=6), run, quiet=True)
+    summary = resume(run, {"optim.lr": 0.25, "train.max_steps": 10}, quiet=True)
+    assert summary["step"] == 10
+    assert read_yaml(run / "config.yaml")["optim"]["lr"] == 0.25
+    assert [r["lr"] for r in metrics(run) if r["kind"] == "train"] == [1.0, 0.25, 0.25]
+
+
+# ------------------------------------------------------------------ resume refusals
+def snapshot(run) -> dict:
+    return {p.name: p.read_bytes() for p in run.iterdir()}
+
+
+@pytest.fixture
+def stopped_run(bptt, corpus, tmp_path):
+    run = tmp_path / "run"
+    bptt("train", "--data", corpus, *TINY_ARGS, "--max-steps", 6, "--run-dir", run)
+    return run
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--hidden", 32), "model.hidden is 16 in the checkpoint but 32"),
+    (("--model", "gru"), "model.cell is 'rnn' in the checkpoint but 'gru'"),
+    (("--strategy", "random"), "strategy.name"),
+])
+def test_resume_refuses_another_model_or_strategy(bptt_error, stopped_run, args, says):
+    before = snapshot(stopped_run)
+    assert says in bptt_error("train", "--resume", stopped_run, *args, code=5)
+    assert snapshot(stopped_run) == before
+
+
+def test_resume_refuses_a_changed_vocabulary(bptt_error, stopped_run, corpus, tmp_path):
+    before = snapshot(stopped_run)
+    original = corpus.read_bytes()
+    corpus.write_text(TEXT.replace("e", "q"), encoding="utf-8")
+    try:
+        assert "vocabulary differs" in bptt_error("train", "--resume", stopped_run, code=5)
+    finally:
+        corpus.write_bytes(original)
+    assert snapshot(stopped_run) == before
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "corrupted or truncated"),
+    (lambda p: p.write_bytes(b"garbage, not a checkpoint"), "corrupted or truncated"),
+    (lambda p: torch.save({"format": 1}, p), "holds no run config"),
+    (lambda p: p.unlink(), "has no last.pt"),
+], ids=["truncated", "garbage", "foreign", "missing"])
+def test_resume_refuses_a_damaged_checkpoint(bptt_error, stopped_run, damage, says):
+    damage(stopped_run / "last.pt")
+    before = snapshot(stopped_run)
+    assert says in bptt_error("train", "--resume", stopped_run, code=5)
+    assert snapshot(stopped_run) == before
+
+
+# ------------------------------------------------------------------ divergence
+def test_non_finite_loss_stops_with_exit_6_and_keeps_the_last_good_checkpoint(bptt, bptt_error, corpus, tmp_path):
+    run = tmp_path / "run"
+    bptt("train", "--data", corpus, *TINY_ARGS, "--model", "linear", "--lr", 0.1, "--max-steps", 6, "--run-dir", run)
+    line = bptt_error("train", "--resume", run, "--lr", 1e4, "--clip", 0, "--max-steps", 60, "-q", code=6)
+    assert "non-finite loss or gradient at step" in line and f"last good checkpoint: {run / 'last.pt'}" in line
+    kept = checkpoint.load(run / "last.pt")
+    assert kept["step"] == 6 and all(torch.isfinite(t).all() for t in kept["model"].values())
+
+
+def test_divergence_before_any_checkpoint_says_so(bptt_error, corpus, tmp_path):
+    line = bptt_error("train", "--data", corpus, *TINY_ARGS, "--model", "linear", "--lr", 1e4, "--clip", 0,
+                      "--run-dir", tmp_path / "run", code=6)
+    assert "no checkpoint was written" in line and not (tmp_path / "run" / "last.pt").exists()
+
+
+# ------------------------------------------------------------------ limits and schedule
+def test_limits_stop_the_run(corpus, tmp_path):
+    by_tokens = train(config(corpus, train__max_tokens=95), tmp_path / "tokens", quiet=True)
+    assert (by_tokens["step"], by_tokens["tokens"]) == (10, 100)
+    one_epoch = train(config(corpus, train__epochs=1, train__eval_every=0), tmp_path / "epoch", quiet=True)
+    records = metrics(tmp_path / "epoch")
+    assert one_epoch["epoch"] == 0 and one_epoch["tokens"] == records[-1]["tokens"] > 0
+    assert [r["kind"] for r in records].count("eval") == 1  # --eval-every 0: only at the end
+    started = time.monotonic()
+    by_time = train(config(corpus, train__max_time=0.5, train__epochs=10**6), tmp_path / "time", quiet=True)
+    assert by_time["elapsed"] >= 0.5 and time.monotonic() - started < 30
+
+
+def test_final_evaluation_is_not_repeated_at_an_eval_boundary(corpus, tmp_path):
+    train(config(corpus, train__max_steps=12), tmp_path / "run", quiet=True)
+    assert [(r["kind"], r["step"]) for r in metrics(tmp_path / "run")][-3:] == [
+        ("train", 8), ("train", 12), ("eval", 12)]
+
+
+def test_full_bptt_prints_its_memory_estimate_and_help_calls_it_infeasible(bptt, corpus):
+    out = bptt("train", "--data", corpus, "--hidden", 16, "-b", 2, "-t", 5, "--device", "cpu", "--strategy", "full",
+               "--epochs", 1, "--run-dir", "run").output
+    assert "full BPTT over the whole epoch: one update per epoch, ~" in out and "MiB of activations" in out
+    assert "done · 1 steps" in out
+    assert "computationallyinfeasible" in "".join(bptt("train", "--help").output.replace("│", "").split())
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("args, code, says", [
+    (("-t", 0), 2, "strategy.num_steps must be > 0"),
+    (("--clip", -1), 2, "optim.clip must be >= 0"),
+    (("-b", 400), 3, "batch size 400"),
+    (("--device", "cuda"), 2, "--device cuda requested but it is not available"),
+    (("--device", "mps"), 2, "--device mps requested but it is not available"),
+])
+def test_bad_options_fail_in_one_line_and_write_nothing(bptt_error, corpus, tmp_path, args, code, says):
+    if "--device" in args and (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        pytest.skip("an accelerator is available here")
+    assert says in bptt_error("train", "--data", corpus, *TINY_ARGS, *args, "--run-dir", tmp_path / "run", code=code)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--strategy", "bogus"), ("--model", "bogus")])
+def test_unknown_strategy_or_model_is_a_usage_error(bptt, corpus, tmp_path, option, value):
+    out = bptt("train", "--data", corpus, option, value, "--run-dir", tmp_path / "run", code=2).output
+    assert f"Invalid value for '{option}'" in out and not (tmp_path / "run").exists()
+
+
+def test_unwritable_run_dir_and_existing_run_are_refused(bptt, bptt_error, corpus, tmp_path):
+    (tmp_path / "file").write_text("x")
+    line = bptt_error("train", "--data", corpus, *TINY_ARGS, "--run-dir", tmp_path / "file" / "run", code=2)
+    assert "cannot write to directory" in line
+    run = tmp_path / "run"
+    bptt("train", "--data", corpus, *TINY_ARGS, "--max-steps", 2, "--run-dir", run)
+    before = snapshot(run)
+    line = bptt_error("train", "--data", corpus, *TINY_ARGS, "--max-steps", 2, "--run-dir", run, code=2)
+    assert f"already holds a run; continue it with --resume {run}" in line and snapshot(run) == before
+    line = bptt_error("train", "--resume", run, "--run-dir", tmp_path / "other", code=2)
+    assert "drop --config/--run-dir" in line
+
+
+def test_resume_from_a_directory_without_checkpoint(bptt_error, tmp_path):
+    assert "has no last.pt to resume from" in bptt_error("train", "--resume", tmp_path, code=5)
