@@ -6,9 +6,10 @@ Three views of the same product of step Jacobians, all on the first recurrent la
   validation window (mean over streams and windows), with its fitted per-step decay factor;
 - the spectrum of W_hh, split into its gate blocks for the GRU (r, z, n) and the LSTM (i, f, g, o):
   the candidate block (n, g) plays W_hh's role in the Elman RNN, the gates scale it;
-- the spectral norms of the step Jacobians d s_t / d s_{t-1} along the validation trajectories
-  (s = h, or (h, c) for the LSTM); exp(mean log norm) is a Lyapunov-style growth factor per step,
-  an upper bound on the curve's decay factor (norms of products never exceed products of norms).
+- the spectral norms of the step Jacobians d s_t / d s_{t-1} along the trajectories of the first
+  validation window's first streams (s = h, or (h, c) for the LSTM); exp(mean log norm) is a
+  Lyapunov-style growth factor per step, an upper bound on the curve's decay factor (norms of
+  products never exceed products of norms).
 
 The effective horizon is the first k where the curve falls below 1% of its k = 0 value: gradient
 from further back barely moves the weights, so truncating there (tau ~ horizon) loses little.
@@ -42,7 +43,7 @@ from .vocab import Vocab
 BLOCKS = {Cell.rnn: ("W_hh",), Cell.linear: ("W_hh",), Cell.gru: ("r", "z", "n"), Cell.lstm: ("i", "f", "g", "o")}
 THEORY_SIZE = 10  # M is THEORY_SIZE x THEORY_SIZE
 THRESHOLD = 0.01  # the effective horizon: where the gradient falls below 1% of its k = 0 value
-POWER_ITERATIONS = 50
+JACOBIAN_STREAMS = 4  # step Jacobians along the first streams of the first window only: an SVD each
 
 
 @dataclass
@@ -67,6 +68,7 @@ def mode(target: Path | None, init: bool, theory: bool) -> str:
 
 
 def default_out() -> Path:
+    """analysis/<time>: where --init and --theory write by default."""
     return Path("analysis") / f"{datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -79,7 +81,8 @@ def load_checkpoint(target: Path, data: Path | None = None) -> tuple[Config, Cha
         model = build_model(config, len(vocab))
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not hold a bptt model ({type(exc).__name__}); use one from bptt train") from None
+        reason = type(exc).__name__
+        raise CheckpointError(f"{path} does not hold a bptt model ({reason}); use one from bptt train") from None
     if data is not None:
         config.data.path = str(data)
     return config, model, vocab, path
@@ -112,14 +115,16 @@ def gradient_curve(model: CharRNN, windows) -> torch.Tensor:
 
 
 def fit_decay(curve: torch.Tensor) -> float:
-    """exp(slope) of the least-squares line through log curve[k] against k: the per-step factor."""
-    k = torch.arange(len(curve), dtype=torch.float64)
-    logs = curve.double().clamp(min=1e-300).log()
+    """exp(slope) of the least-squares line through log curve[k] against k (where positive): the per-step factor."""
+    k = torch.nonzero(curve > 0).flatten()
+    logs = curve[k].double().log()
+    k = k.double()
     slope = ((k - k.mean()) * (logs - logs.mean())).sum() / ((k - k.mean()) ** 2).sum()
     return math.exp(float(slope))
 
 
 def effective_horizon(curve: torch.Tensor, threshold: float = THRESHOLD) -> int | None:
+    """The first k where curve[k] < threshold * curve[0]; None if there is none."""
     below = torch.nonzero(curve < threshold * curve[0])
     return int(below[0]) if len(below) else None
 
@@ -133,15 +138,6 @@ def spectrum(model: CharRNN) -> dict[str, dict]:
                "spectral_radius": float(torch.linalg.eigvals(w).abs().max())}
         for name, w in zip(BLOCKS[layer.cell], blocks)
     }
-
-
-def spectral_norm(j: torch.Tensor, iterations: int = POWER_ITERATIONS) -> torch.Tensor:
-    """Largest singular value of each matrix in `j` [B, S, S], by power iteration on J^T J."""
-    v = torch.ones(j.shape[0], j.shape[2], 1, dtype=j.dtype)
-    for _ in range(iterations):
-        v = j.transpose(1, 2) @ (j @ v)
-        v = v / v.norm(dim=1, keepdim=True).clamp(min=1e-30)
-    return (j @ v).norm(dim=(1, 2))
 
 
 def step_jacobian(model: CharRNN, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -160,7 +156,7 @@ def jacobian_norms(model: CharRNN, x: torch.Tensor) -> torch.Tensor:
     state, norms = model.init_state(x.shape[1]), []
     for t in range(x.shape[0]):
         j, state = step_jacobian(model, x[t : t + 1], state)
-        norms.append(spectral_norm(j.detach()))
+        norms.append(torch.linalg.matrix_norm(j.detach(), ord=2))
     return torch.stack(norms)
 
 
@@ -168,7 +164,7 @@ def analyze(model: CharRNN, windows, source: str) -> Analysis:
     """All three views of gradient flow for `model` on `windows` of validation text."""
     model.eval()
     curve = gradient_curve(model, windows)
-    norms = jacobian_norms(model, windows[0][0])
+    norms = jacobian_norms(model, windows[0][0][:, :JACOBIAN_STREAMS])
     return Analysis(
         source=source, cell=model.cell.value, hidden=model.hidden, gradient_norms=curve.tolist(),
         decay=fit_decay(curve), horizon=effective_horizon(curve), spectrum=spectrum(model),
@@ -177,6 +173,7 @@ def analyze(model: CharRNN, windows, source: str) -> Analysis:
 
 
 def horizon_text(a: Analysis) -> str:
+    """The effective horizon as a suggestion for tau."""
     k = len(a.gradient_norms) - 1
     if a.horizon is None:
         return f"> {k}: the gradient stays above 1% over the whole horizon; raise --horizon"
@@ -184,32 +181,36 @@ def horizon_text(a: Analysis) -> str:
 
 
 def table(a: Analysis) -> Table:
+    """The analysis as a rich table: the curve at a few k, its decay and horizon, the spectrum, the Jacobians."""
     curve, k = a.gradient_norms, len(a.gradient_norms) - 1
     t = Table(title=f"Gradient flow through time · {a.cell.upper()}-{a.hidden} · {a.source}", title_justify="left")
     t.add_column("quantity")
     t.add_column("value", justify="right")
     t.add_row("||dl_T/dh_T|| (k = 0)", f"{curve[0]:.4g}")
     for step in sorted({1, 5, 10, 20, 50, 100, k} & set(range(1, k + 1))):
-        t.add_row(f"||dl_T/dh_T-{step}|| / k = 0", f"{curve[step] / curve[0]:.3g}")
+        t.add_row(f"k = {step}: ||dl_T/dh_T-k|| / ||dl_T/dh_T||", f"{curve[step] / curve[0]:.3g}")
     t.add_row("fitted decay per step", f"x{a.decay:.4f} ({'vanishing' if a.decay < 1 else 'exploding'})")
     t.add_row("effective horizon (1%)", horizon_text(a))
     for name, s in a.spectrum.items():
-        t.add_row(f"{name}: spectral radius · top singular value", f"{s['spectral_radius']:.3f} · {s['singular_values'][0]:.3f}")
+        t.add_row(f"{name}: spectral radius · top singular value",
+                  f"{s['spectral_radius']:.3f} · {s['singular_values'][0]:.3f}")
     t.add_row("step Jacobian ||ds_t/ds_t-1||: mean", f"{sum(a.jacobian_norms) / len(a.jacobian_norms):.4f}")
     t.add_row("Lyapunov-style exp(mean log ||J_t||)", f"x{math.exp(a.lyapunov):.4f} per step")
     return t
 
 
 def plot(a: Analysis, path: Path) -> Path:
+    """analysis.png: the gradient curve with its fit and horizon, the W_hh spectrum, the step Jacobian norms."""
     curve, k = a.gradient_norms, range(len(a.gradient_norms))
     flow = [Series("||dl_T/dh_T-k||", list(k), curve),
             Series(f"fit x{a.decay:.3f}/step", list(k), [curve[0] * a.decay**i for i in k]),
             Series("1% of k = 0", [0, k[-1]], [THRESHOLD * curve[0]] * 2)]
     if a.horizon is not None:
-        flow.append(Series(f"horizon k = {a.horizon}", [a.horizon] * 2, [min(curve), curve[0]]))
-    sigmas = [Series(name, list(range(1, len(s["singular_values"]) + 1)), s["singular_values"]) for name, s in a.spectrum.items()]
+        flow.append(Series(f"horizon k = {a.horizon}", [a.horizon] * 2, [min(c for c in curve if c > 0), curve[0]]))
+    sigmas = [Series(name, list(range(1, len(s["singular_values"]) + 1)), s["singular_values"])
+              for name, s in a.spectrum.items()]
     steps = list(range(1, len(a.jacobian_norms) + 1))
-    jac = [Series("mean over streams", steps, a.jacobian_norms),
+    jac = [Series(f"mean over {JACOBIAN_STREAMS} streams", steps, a.jacobian_norms),
            Series(f"exp(mean log) = {math.exp(a.lyapunov):.3f}", [1, steps[-1]], [math.exp(a.lyapunov)] * 2)]
     return plot_panels(path, [
         Panel(flow, "k (steps back from T)", "gradient norm", "dl_T/dh_{T-k}", logy=True),
@@ -220,6 +221,7 @@ def plot(a: Analysis, path: Path) -> Path:
 
 
 def save(a: Analysis, out: Path) -> tuple[Path, Path]:
+    """analysis.json and analysis.png in `out`."""
     ensure_dir(out, ConfigError)
     atomic_write_text(out / "analysis.json", json.dumps(asdict(a), indent=1) + "\n")
     return out / "analysis.json", plot(a, out / "analysis.png")
@@ -259,10 +261,11 @@ def theory_report(steps: int, seed: int, out: Path | None, size: int = THEORY_SI
     errors = [theory.power_eigenvalue_error(m, k) for k in range(1, steps + 1)]
     t = Table(title=f"The chapter's theory, executed (M: random symmetric {size}x{size}, spectral radius 1)",
               title_justify="left")
-    for column in ("k", "angle(M^k x, v1), degrees", f"tan ratio (-> |λ2/λ1| = {rate:.3f})", "eig(M^k) vs λ^k, rel. error"):
+    for column in ("k", "angle(M^k x, v1), degrees", f"tan ratio (-> |λ2/λ1| = {rate:.3f})",
+                   "eig(M^k) vs λ^k, rel. error"):
         t.add_column(column, justify="right")
     for k in sorted({1, 2, 5, 10, 20, 50, steps} & set(range(1, steps + 1))):
-        ratio = math.tan(angles[k]) / math.tan(angles[k - 1])
+        ratio = math.tan(angles[k]) / max(math.tan(angles[k - 1]), 1e-300)
         t.add_row(str(k), f"{math.degrees(angles[k]):.4g}", f"{ratio:.4f}", f"{errors[k - 1]:.1e}")
     t.caption = f"linear RNN: max |hand-written BPTT - autograd| = {theory.gradient_check(seed):.1e}"
     out = ensure_dir(out or default_out(), ConfigError)
@@ -270,9 +273,10 @@ def theory_report(steps: int, seed: int, out: Path | None, size: int = THEORY_SI
     tail = math.tan(angles[-1])  # anchor the predicted rate at k = K, where it has taken over
     path = plot_panels(out / "theory.png", [
         Panel([Series("angle(M^k x, v1)", ks, [math.degrees(a) for a in angles]),
-               Series(f"∝ |λ2/λ1|^k = {rate:.3f}^k", ks, [math.degrees(math.atan(tail * rate ** (k - steps))) for k in ks])],
+               Series(f"∝ |λ2/λ1|^k = {rate:.3f}^k", ks,
+                      [math.degrees(math.atan(tail * rate ** (k - steps))) for k in ks])],
               "k", "degrees", "Exercise 2: M^k x turns to the top eigenvector v1", logy=True),
-        Panel([Series("max |eig(M^k) - λ^k| / max |λ|^k", ks[1:], [max(e, 1e-17) for e in errors])],
+        Panel([Series("max |eig(M^k) - λ^k| / max |λ|^k", ks[1:], [e or math.nan for e in errors])],
               "k", "relative error", "Exercise 1: eig(M^k) = λ^k, up to rounding", logy=True),
     ])
     return t, path

@@ -106,7 +106,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same numbers.")] = None,
     device: Annotated[Optional[Device], typer.Option(help="auto picks cuda, then mps, then cpu.")] = None,
     recompute: Annotated[Optional[bool], typer.Option("--recompute/--no-recompute", help="Segment checkpointing: O(sqrt L) memory.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<time>-<strategy>].")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory \\[default: runs/<time>-<strategy>].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last.pt.")] = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view (for scripts).")] = False,
@@ -156,7 +156,7 @@ def sample(
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely characters (0: all of them).")] = 0,
     greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character.")] = False,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Independent samples from the same prefix.")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same samples [default: fresh each time].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same samples \\[default: fresh each time].")] = None,
     device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
     last: Annotated[bool, typer.Option("--last", help="Use the run's last.pt instead of its best.pt.")] = False,
     unknown: Annotated[str, typer.Option(help="Prefix characters outside the vocabulary: error, skip (drop them) or unk.")] = "error",
@@ -178,11 +178,11 @@ def compare(
     strategies: Annotated[str, typer.Option(help=(
         "Comma-separated: full, truncated, random (both schedules), random-geometric, random-polytail."))]
     = "full,truncated,random",
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config [default: configs/compare.yaml].")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config \\[default: configs/compare.yaml].")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds: each strategy trains once per seed.")] = "0,1,2",
     budget_tokens: Annotated[Optional[int], typer.Option(help="Training characters per run, instead of the config's epochs.")] = None,
     max_time: Annotated[Optional[float], typer.Option(help="Seconds per run, instead of the config's epochs.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output directory; rerun with the same one to skip finished runs [default: compare/<time>].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory; rerun with the same one to skip finished runs \\[default: compare/<time>].")] = None,
     set_: SetOpt = None,
     data: DataOpt = None,
     gradient_quality: Annotated[bool, typer.Option("--gradient-quality/--no-gradient-quality", help=(
@@ -220,7 +220,7 @@ def analyze(
 ) -> None:
     """Measure how the gradient vanishes or explodes through time, and suggest a truncation length tau.
 
-    Writes analysis.json and analysis.png (theory.png with --theory).
+    The norm of dl_T/dh_(T-k) for k = 0..K on validation text, its decay per step and the horizon where it drops below 1%; the spectrum of the first layer's W_hh (per gate block for GRU and LSTM); the step Jacobians' norms. Writes analysis.json and analysis.png (theory.png with --theory).
 
     Example: [bold]bptt analyze runs/my-run --horizon 100[/] · [bold]bptt analyze --init --model gru --hidden 256[/] · [bold]bptt analyze --theory[/]
     """

@@ -3,8 +3,8 @@
 Each run lives in OUT/runs/<strategy>-s<seed>/ and is complete once its summary.json exists (written
 atomically last), so an interrupted comparison keeps its finished runs and a rerun skips them.
 Peak memory is CUDA's allocator peak on a GPU; on a CPU it is the peak of the activations autograd
-keeps for backward (tensors saved by the forward pass, counted once per storage, parameters excluded):
-what the truncation strategy decides, without the process's fixed baseline.
+keeps for backward (tensors saved by the forward pass; views of one buffer counted once; parameters
+excluded): what the truncation strategy decides, without the process's fixed baseline.
 """
 
 from __future__ import annotations
@@ -94,10 +94,11 @@ def run_config(base: Config, variant: str, seed: int, run_dir: Path) -> Config:
 
 # ------------------------------------------------------------------ memory
 class SavedActivations:
-    """Peak bytes of the tensors autograd saves for backward, once per storage, parameters excluded."""
+    """Peak bytes of the tensors autograd saves for backward: parameters excluded, views of one storage
+    counted once (as the largest of them), a slice of a bigger buffer (a batch of the token matrix) as itself."""
 
     def __init__(self):
-        self.held: dict[int, int] = {}
+        self.held: dict[int, list[int]] = {}  # storage address -> [saved views alive, bytes counted]
         self.current = self.peak = 0
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
@@ -111,25 +112,28 @@ class SavedActivations:
     def _pack(self, tensor: torch.Tensor):
         if tensor.is_leaf and tensor.requires_grad:
             return tensor  # a parameter: not an activation
-        storage = tensor.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if not self.held.get(key):
-            self.current += size
+        key = tensor.untyped_storage().data_ptr()
+        entry = self.held.setdefault(key, [0, 0])
+        size = tensor.numel() * tensor.element_size()
+        entry[0] += 1
+        if size > entry[1]:
+            self.current += size - entry[1]
             self.peak = max(self.peak, self.current)
-        self.held[key] = self.held.get(key, 0) + 1
+            entry[1] = size
         box = _Box(tensor)
-        weakref.finalize(box, self._release, key, size)  # autograd drops the box once backward has used it
+        weakref.finalize(box, self._release, key)  # autograd drops the box once backward has used it
         return box
 
     @staticmethod
     def _unpack(packed):
         return packed.tensor if isinstance(packed, _Box) else packed
 
-    def _release(self, key: int, size: int) -> None:
-        self.held[key] -= 1
-        if not self.held[key]:
+    def _release(self, key: int) -> None:
+        entry = self.held[key]
+        entry[0] -= 1
+        if not entry[0]:
+            self.current -= entry[1]
             del self.held[key]
-            self.current -= size
 
 
 class _Box:
@@ -357,7 +361,7 @@ RUN_COLUMNS = [  # header, cell
     ("chars", lambda r: compact(r["tokens"]["mean"])),
     ("chars/s", lambda r: compact(r["tokens_per_s"]["mean"])),
     ("wall s", lambda r: f"{r['wall_s']['mean']:.1f}"),
-    ("peak MiB", lambda r: f"{r['peak_memory_mib']['mean']:.1f}"),
+    ("peak MiB", lambda r: f"{r['peak_memory_mib']['mean']:.3g}"),
 ]
 DYNAMICS_COLUMNS = [
     ("strategy", lambda r: r["strategy"]),
@@ -418,10 +422,13 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]], caption: s
 def markdown(results: dict) -> str:
     parts = ["# bptt compare\n"]
     for title, headers, rows, caption in tables(results):
-        lines = [f"**{title}**", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        parts.append("\n".join(lines + ["", caption, ""]))
+        lines = [md_row(headers), "|" + "---|" * len(headers)] + [md_row(row) for row in rows]
+        parts.append("\n".join([f"**{title}**", ""] + lines + ["", caption, ""]))
     return "\n".join(parts)
+
+
+def md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -438,7 +445,8 @@ def describe(config: Config) -> str:
     budget = (f"{t.max_time:g} s" if t.max_time else f"{compact(t.max_tokens)} chars" if t.max_tokens
               else f"{t.epochs} epochs")
     return (f"{m.cell.value.upper()}-{m.hidden}x{m.layers} · tau {config.strategy.num_steps} · "
-            f"batch {config.data.batch_size} · {config.optim.optimizer.value} lr {config.optim.lr:g} · {budget} per run")
+            f"batch {config.data.batch_size} · {config.optim.optimizer.value} lr {config.optim.lr:g} · "
+            f"{budget} per run")
 
 
 def write_outputs(out: Path, results: dict) -> None:

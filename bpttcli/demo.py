@@ -1,4 +1,4 @@
-"""Influence balancing: a task on which truncated BPTT gets the gradient's sign wrong and randomized truncation does not.
+"""Influence balancing: truncated BPTT gets the gradient's sign wrong, randomized truncation does not.
 
 From Tallec & Ollivier, "Unbiased Online Recurrent Optimization" (2017) and "Unbiasing Truncated
 Backpropagation Through Time" (2017), also used by Vicol et al., "Unbiased Gradient Estimation in
@@ -101,14 +101,14 @@ def train_online(task: Task, strategy: Strategy, steps: int, episode: int, lr: f
             losses.append(loss.detach())
             view.advance(len(loss))
             if not bool(loss.max() < DIVERGED):
-                return float(theta), torch.cat(losses), start + part.stop
-    return float(theta), torch.cat(losses), None
+                return float(theta.detach()), torch.cat(losses), start + part.stop
+    return float(theta.detach()), torch.cat(losses), None
 
 
 def lineup(truncations: list[int], tau: int, episode: int) -> list[tuple[str, Strategy]]:
     """The strategies compared, built exactly as training builds them (state carried)."""
-    runs = [(f"truncated tau={t}", make_strategy(StrategyName.truncated, t, True)) for t in truncations]
-    runs += [(f"random {s.value} tau={tau}", make_strategy(StrategyName.random, tau, True, s)) for s in Schedule]
+    runs = [(f"truncated τ={t}", make_strategy(StrategyName.truncated, t, True)) for t in truncations]
+    runs += [(f"random {s.value} τ={tau}", make_strategy(StrategyName.random, tau, True, s)) for s in Schedule]
     return runs + [(f"full (episode {episode})", make_strategy(StrategyName.full, episode, True))]
 
 
@@ -132,28 +132,27 @@ def influence_balancing(task: Task, steps: int, episode: int, lr: float, tau: in
 
 
 def final_loss(run: Run, episode: int) -> float:
-    """Mean loss per step over the last episode (or up to divergence)."""
+    """Mean loss per step over the last `episode` steps (those before divergence, for a run that diverged)."""
     return float(run.losses[-episode:].mean())
 
 
 def table(runs: list[Run], task: Task, episode: int) -> Table:
+    """Final theta and loss of every run against the episode's exact optimum theta*."""
     best = task.optimal_theta(episode)
-    t = Table(title=f"Influence balancing (n={task.n}, p={task.p}): optimal theta {best:.4f} for an episode of "
-                    f"{episode} steps, {task.stationary_theta():.4f} in the long run", title_justify="left")
-    for column in ("strategy", "final theta", "|theta - optimum|", "loss (last episode)", "status"):
-        t.add_column(column, justify="left" if column in ("strategy", "status") else "right")
+    t = Table(title=f"Influence balancing, n={task.n}, p={task.p}: θ* = {best:.4f} (episode of {episode} steps), "
+                    f"{task.stationary_theta():.4f} (long run)", title_justify="left")
+    for column in ("strategy", "final θ", "|θ - θ*|", "loss, last episode", "diverged at step"):
+        t.add_column(column, justify="left" if column == "strategy" else "right", no_wrap=column == "strategy")
     for r in runs:
-        status = f"diverged at step {r.diverged_at}" if r.diverged_at else "ran to the end"
-        t.add_row(r.label, f"{r.theta:.4g}", f"{abs(r.theta - best):.3g}", f"{final_loss(r, episode):.3g}", status)
+        t.add_row(r.label, f"{r.theta:.4g}", f"{abs(r.theta - best):.3g}", f"{final_loss(r, episode):.3g}",
+                  str(r.diverged_at or "-"))
     return t
 
 
-def smoothed(losses: torch.Tensor, points: int = 200) -> tuple[list[int], list[float]]:
-    """Mean loss over consecutive blocks of steps, at each block's last step."""
-    block = max(1, len(losses) // points)
-    usable = len(losses) // block * block
-    means = losses[:usable].view(-1, block).mean(1) if usable else losses
-    return [block * (i + 1) for i in range(len(means))], means.tolist()
+def episode_means(losses: torch.Tensor, episode: int) -> tuple[list[int], list[float]]:
+    """Mean loss per step of each episode (the last one possibly cut short), at its last step."""
+    chunks = losses.split(episode)
+    return [i * episode + len(c) for i, c in enumerate(chunks)], [float(c.mean()) for c in chunks]
 
 
 def save(runs: list[Run], task: Task, episode: int, out: Path) -> tuple[Path, Path]:
@@ -166,11 +165,12 @@ def save(runs: list[Run], task: Task, episode: int, out: Path) -> tuple[Path, Pa
                  for r in runs],
     }
     atomic_write_text(out / "influence-balancing.json", json.dumps(summary, indent=1) + "\n")
-    series = [Series(r.label, *smoothed(r.losses)) for r in runs]
-    png = plot_lines(out / "influence-balancing.png", series, "time step", "loss (mean over blocks of steps)",
-                     f"Influence balancing: online SGD on theta (optimum {task.optimal_theta(episode):.3f})", logy=True)
+    series = [Series(r.label, *episode_means(r.losses, episode)) for r in runs]
+    png = plot_lines(out / "influence-balancing.png", series, "time step", "mean loss per step over each episode",
+                     f"Influence balancing: online SGD on θ (θ* = {task.optimal_theta(episode):.3f})", logy=True)
     return out / "influence-balancing.json", png
 
 
 def default_out() -> Path:
+    """analysis/<time>-influence-balancing, beside `bptt analyze`'s outputs."""
     return Path("analysis") / f"{datetime.now():%Y%m%d-%H%M%S}-influence-balancing"

@@ -6,16 +6,30 @@ out. Its backward runs the BPTT recursion by hand, multiplying the gradient that
 h_{t-1} -> h_t by ``xi[t]`` (and the cell state's too, for the LSTM), and computes the weight
 gradient with one GEMM over the window. Gate layouts follow PyTorch's nn.RNN/GRU/LSTM, so weights
 are interchangeable with the built-in modules.
+
+Speed: the step loops call only in-place or ``out=`` operators on buffers allocated once per
+window, on per-step views made in one `unbind` call each (no per-step allocation, slicing or host
+sync). The per-step matmuls multiply by contiguous W^T (forward) and W (backward): BLAS runs
+[32 x 512] @ [512 x 512] with a transposed operand several times slower. Public ops only, so the
+same code runs on CPU, CUDA and MPS.
+
+Memory: the backward overwrites the incoming output gradient with the pre-activation gradient
+when autograd hands over its only reference (see `_grad_buffer`), so full BPTT keeps the hidden
+states and one gradient buffer, not two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import sys
+import threading
+from dataclasses import dataclass
 
 import torch
 
-_tanh_backward = torch.ops.aten.tanh_backward  # grad * (1 - y^2), one fused kernel
-_sigmoid_backward = torch.ops.aten.sigmoid_backward  # grad * y * (1 - y)
+_tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), one fused kernel
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y * (1 - y)
 
 
 class Cell(str, enum.Enum):
@@ -28,56 +42,167 @@ class Cell(str, enum.Enum):
 GATES = {Cell.rnn: 1, Cell.gru: 3, Cell.lstm: 4, Cell.linear: 1}
 
 
-def _scale(t: torch.Tensor, xi: list[float] | None, step: int) -> torch.Tensor:
-    """Multiply a gradient carried into step `step - 1` by xi[step] (a no-op when xi is 1)."""
-    if xi is not None and xi[step] != 1.0:
-        t.mul_(xi[step])
-    return t
+# ---------------------------------------------------------------------------------------- paths
+@dataclass(frozen=True)
+class Path:
+    """How the kernels run their matmuls. One path today: `portable` (public ops, any device).
+
+    A oneDNN path (torch.ops.mkldnn._linear_pointwise with prepacked weights) was measured and
+    dropped: ~20 us of overhead per call and no faster GEMM than BLAS with contiguous operands at
+    these shapes. Tests and the benchmark iterate over `available_paths()`, so a future fast path
+    plugs in here with its fallback (see the README's benchmark section).
+    """
+
+    name: str
 
 
-def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(like) if grad is None else grad
+PATHS = {"portable": Path("portable")}
+_forced = threading.local()
 
 
+def available_paths(device: torch.device | str = "cpu") -> list[str]:
+    return list(PATHS)
+
+
+def path_for(t: torch.Tensor) -> Path:
+    return PATHS[getattr(_forced, "name", None) or "portable"]
+
+
+@contextlib.contextmanager
+def use_path(name: str | None):
+    """Run the kernels on path `name` in this thread (None: the automatic choice)."""
+    if name is not None and name not in PATHS:
+        raise ValueError(f"unknown path {name!r}; choose from {', '.join(PATHS)}")
+    previous, _forced.name = getattr(_forced, "name", None), name
+    try:
+        yield
+    finally:
+        _forced.name = previous
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _weights(xi: list[float] | None, steps: int) -> list[float]:
+    return [1.0] * steps if xi is None else [float(v) for v in xi]
+
+
+def _steps(t: torch.Tensor, block: int | slice, size: int) -> tuple[torch.Tensor, ...]:
+    """Per-step views of gate block(s) `block` (of width `size`) of t [T, B, k * size], made in one call."""
+    lo, hi = (block.start, block.stop) if isinstance(block, slice) else (block, block + 1)
+    return t[..., lo * size : hi * size].unbind(0)
+
+
+def _gates(t: torch.Tensor, blocks: tuple[int, ...], size: int) -> list[tuple[torch.Tensor, ...]]:
+    return [_steps(t, k, size) for k in blocks]
+
+
+OVERWRITE_GRADIENTS = True  # reuse the output gradient's buffer when we own it (tests switch it off)
+_owned_refs: int | None = None  # Python references to a gradient only autograd and we hold (probed)
+_probing = False
+
+
+def _owned(grad: torch.Tensor) -> bool:
+    """True if autograd handed us the only reference to `grad`, so that we may overwrite it.
+
+    A gradient the caller passed in (`backward(gradient=g)`), one a hook kept, or one autograd also
+    hands to another node (both inputs of an addition share it) has more holders: C++ ones show in
+    `_use_count`, Python ones in `sys.getrefcount` beyond what a solely owned gradient has at this
+    point of the call (measured once by `_calibrate`). Where either cannot be read, never.
+    """
+    global _owned_refs
+    if _probing:
+        _owned_refs = sys.getrefcount(grad)
+        return False
+    try:
+        return _owned_refs is not None and grad._use_count() == 1 and sys.getrefcount(grad) <= _owned_refs
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _Probe(torch.autograd.Function):
+    """Identity whose backward asks for a grad buffer exactly as the kernels do."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _grad_buffer(grad, torch.empty(1))
+
+
+def _calibrate() -> None:
+    """Count the references a solely owned output gradient has inside a backward (once per process)."""
+    global _probing
+    if _owned_refs is not None or not OVERWRITE_GRADIENTS:
+        return
+    _probing = True
+    try:
+        with torch.enable_grad():
+            x = torch.zeros(2, requires_grad=True)
+            (_Probe.apply(x) * 2).sum().backward()  # MulBackward hands over a fresh tensor
+    except RuntimeError:
+        pass
+    finally:
+        _probing = False
+
+
+def _grad_buffer(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The incoming output gradient as a buffer the backward may overwrite: itself if we own it, else a copy."""
+    if grad is None:
+        return torch.zeros_like(like)
+    if (
+        OVERWRITE_GRADIENTS and _owned(grad) and not grad.requires_grad and grad.is_contiguous()
+        and grad.shape == like.shape and grad.dtype == like.dtype
+    ):
+        return grad
+    return grad.to(like.dtype, memory_format=torch.contiguous_format, copy=True)
+
+
+def _blocks(t: torch.Tensor, order: tuple[int, ...], size: int) -> torch.Tensor:
+    """The size-`size` blocks of t's first dimension in `order` (a gate permutation), as a new tensor."""
+    return torch.cat([t.narrow(0, k * size, size) for k in order])
+
+
+def _weight_grad(d: torch.Tensor, hs: torch.Tensor) -> torch.Tensor:
+    """sum_t d_t^T h_{t-1} as one GEMM over the window: d [T, B, G], hs [T+1, B, H] -> [G, H]."""
+    return torch.mm(d.reshape(-1, d.shape[-1]).t(), hs[:-1].reshape(-1, hs.shape[-1]))
+
+
+# ------------------------------------------------------------------------------------- kernels
 class ElmanRNN(torch.autograd.Function):
     """h_t = tanh(gx_t + h_{t-1} W^T + b), or without the tanh when `linear`."""
 
     @staticmethod
     def forward(ctx, gx, h0, weight, bias, xi, linear=False):
-        steps = gx.shape[0]
-        hs = gx.new_empty((steps + 1,) + h0.shape)
+        _calibrate()
+        wt = weight.t().contiguous()
+        hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
         hs[0] = h0
-        pre = gx + bias
-        wt = weight.t()
-        h, p = hs.unbind(0), pre.unbind(0)
-        for t in range(steps):
-            p[t].addmm_(h[t], wt)
-            if linear:
-                h[t + 1].copy_(p[t])
-            else:
-                torch.tanh(p[t], out=h[t + 1])
+        torch.add(gx, bias, out=hs[1:])  # pre-activations, turned into h_t step by step
+        h = hs.unbind(0)
+        for prev, cur in zip(h, h[1:]):
+            cur.addmm_(prev, wt)
+            if not linear:
+                cur.tanh_()
         ctx.save_for_backward(hs, weight)
         ctx.xi, ctx.linear = xi, linear
-        return hs[1:], hs[steps].clone()
+        return hs[1:], h[-1].clone()
 
     @staticmethod
     def backward(ctx, dout, dlast):
         hs, weight = ctx.saved_tensors
-        xi, steps = ctx.xi, hs.shape[0] - 1
-        dout = _zeros_if_none(dout, hs[1:])
-        carry = _zeros_if_none(dlast, hs[0]).clone()
-        da = torch.empty_like(dout)
-        h, d, g = hs.unbind(0), da.unbind(0), dout.unbind(0)
-        for t in reversed(range(steps)):
-            carry.add_(g[t])
-            if ctx.linear:
-                d[t].copy_(carry)
-            else:
-                _tanh_backward.grad_input(carry, h[t + 1], grad_input=d[t])
-            carry = _scale(torch.mm(d[t], weight), xi, t)
-        flat = da.reshape(-1, da.shape[-1])
-        dweight = flat.t() @ hs[:-1].reshape(flat.shape[0], -1)
-        return da, carry, dweight, flat.sum(0), None, None
+        steps, xi = hs.shape[0] - 1, _weights(ctx.xi, hs.shape[0] - 1)
+        da = _grad_buffer(dout, hs[1:])  # dL/dh_t, overwritten in place by dL/da_t (the pre-activation)
+        if dlast is not None:
+            da[-1] += dlast
+        h, d = hs.unbind(0), da.unbind(0)
+        for t in range(steps - 1, -1, -1):
+            if t + 1 < steps and xi[t + 1] != 0.0:
+                d[t].addmm_(d[t + 1], weight, alpha=xi[t + 1])  # + xi_{t+1} dL/da_{t+1} W
+            if not ctx.linear:
+                _tanh_backward(d[t], h[t + 1], grad_input=d[t])
+        dh0 = torch.mm(d[0], weight).mul_(xi[0]) if ctx.needs_input_grad[1] else None
+        return da, dh0, _weight_grad(da, hs), da.sum((0, 1)), None, None
 
 
 class GRU(torch.autograd.Function):
@@ -85,47 +210,63 @@ class GRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx, h0, weight, bias, xi):
-        steps, hidden = gx.shape[0], h0.shape[-1]
-        hs = gx.new_empty((steps + 1,) + h0.shape)
+        _calibrate()
+        hidden = h0.shape[-1]
+        wt = weight.t().contiguous()
+        hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
         hs[0] = h0
-        gates = torch.empty_like(gx)  # r, z, n after their nonlinearities
-        ghn = gx.new_empty((steps,) + h0.shape)  # h W_n^T + b_n, needed for dr
-        gh = gx.new_empty(gx.shape[1:])
-        wt = weight.t()
-        h, x, a, hn = hs.unbind(0), gx.unbind(0), gates.unbind(0), ghn.unbind(0)
-        for t in range(steps):
-            torch.addmm(bias, h[t], wt, out=gh)
-            rz, n = a[t][:, : 2 * hidden], a[t][:, 2 * hidden :]
-            torch.add(x[t][:, : 2 * hidden], gh[:, : 2 * hidden], out=rz).sigmoid_()
-            hn[t].copy_(gh[:, 2 * hidden :])
-            torch.addcmul(x[t][:, 2 * hidden :], rz[:, :hidden], hn[t], out=n).tanh_()
-            torch.addcmul(n, rz[:, hidden:], h[t] - n, out=h[t + 1])
-        ctx.save_for_backward(hs, gates, ghn, weight)
+        gates = torch.empty_like(gx)  # r, z after the sigmoid, and h W_n^T + b_n
+        torch.add(gx[..., : 2 * hidden], bias[: 2 * hidden], out=gates[..., : 2 * hidden])
+        gates[..., 2 * hidden :] = bias[2 * hidden :]
+        ns = gx.new_empty(hs[1:].shape)
+        h, n, xn, g = hs.unbind(0), ns.unbind(0), _steps(gx, 2, hidden), gates.unbind(0)
+        rz, r, z, hn = _steps(gates, slice(0, 2), hidden), _steps(gates, 0, hidden), *_gates(gates, (1, 2), hidden)
+        for t in range(len(n)):
+            g[t].addmm_(h[t], wt)
+            rz[t].sigmoid_()
+            torch.addcmul(xn[t], r[t], hn[t], out=n[t]).tanh_()
+            torch.lerp(n[t], h[t], z[t], out=h[t + 1])  # n + z (h - n)
+        ctx.save_for_backward(hs, gates, ns, weight)
         ctx.xi = xi
-        return hs[1:], hs[steps].clone()
+        return hs[1:], h[-1].clone()
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        hs, gates, ghn, weight = ctx.saved_tensors
-        xi, steps, hidden = ctx.xi, hs.shape[0] - 1, hs.shape[-1]
-        dout = _zeros_if_none(dout, hs[1:])
-        carry = _zeros_if_none(dlast, hs[0]).clone()
-        dgh = torch.empty_like(gates)  # gradient of h W^T + b
-        dn_pre = torch.empty_like(ghn)  # gradient of the n gate's input projection
-        h, a, hn, g = hs.unbind(0), gates.unbind(0), ghn.unbind(0), dout.unbind(0)
-        for t in reversed(range(steps)):
-            carry.add_(g[t])
-            r, z, n = a[t][:, :hidden], a[t][:, hidden : 2 * hidden], a[t][:, 2 * hidden :]
-            dr, dz, dnh = dgh[t][:, :hidden], dgh[t][:, hidden : 2 * hidden], dgh[t][:, 2 * hidden :]
-            _tanh_backward.grad_input(carry - carry * z, n, grad_input=dn_pre[t])
-            _sigmoid_backward.grad_input(dn_pre[t] * hn[t], r, grad_input=dr)
-            _sigmoid_backward.grad_input(carry * (h[t] - n), z, grad_input=dz)
-            torch.mul(dn_pre[t], r, out=dnh)
-            carry = _scale(torch.addmm(carry * z, dgh[t], weight), xi, t)
-        dgx = torch.cat([dgh[..., : 2 * hidden], dn_pre], dim=-1)
-        flat = dgh.reshape(-1, dgh.shape[-1])
-        dweight = flat.t() @ hs[:-1].reshape(flat.shape[0], -1)
-        return dgx, carry, dweight, flat.sum(0), None
+        hs, gates, ns, weight = ctx.saved_tensors
+        steps, hidden, xi = ns.shape[0], hs.shape[-1], _weights(ctx.xi, ns.shape[0])
+        dhs = _grad_buffer(dout, hs[1:])  # dL/dh_t from above; the carry from step t+1 is added in place
+        if dlast is not None:
+            dhs[-1] += dlast
+        # e = [dL/d(h W_n^T + b_n), dL/dr, dL/dz, dL/dn]: its first 3 blocks (gates n, r, z) multiply
+        # the row-permuted weight in the carry, its last 3 are the input gradient (r, z, n).
+        e = gates.new_empty(gates.shape[:-1] + (4 * hidden,))
+        w_nrz = _blocks(weight, (2, 0, 1), hidden)
+        tmp = torch.empty_like(hs[0])
+        h, n, dhs_t, e_t = hs.unbind(0), ns.unbind(0), dhs.unbind(0), _steps(e, slice(0, 3), hidden)
+        r, z, hn = _gates(gates, (0, 1, 2), hidden)
+        dhn, dr, dz, dn = _gates(e, (0, 1, 2, 3), hidden)
+        dh = dhs_t[-1]
+        for t in range(steps - 1, -1, -1):
+            torch.addcmul(dh, dh, z[t], value=-1, out=tmp)  # dL/dn = dh (1 - z)
+            _tanh_backward(tmp, n[t], grad_input=dn[t])
+            torch.sub(h[t], n[t], out=tmp).mul_(dh)  # dL/dz = dh (h - n)
+            _sigmoid_backward(tmp, z[t], grad_input=dz[t])
+            torch.mul(dn[t], hn[t], out=tmp)  # dL/dr
+            _sigmoid_backward(tmp, r[t], grad_input=dr[t])
+            torch.mul(dn[t], r[t], out=dhn[t])
+            if t > 0 or ctx.needs_input_grad[1]:
+                acc = dhs_t[t - 1] if t > 0 else torch.zeros_like(tmp)
+                if xi[t] != 0.0:  # + xi_t (dh z + dL/d(h W^T) W)
+                    acc.addcmul_(dh, z[t], value=xi[t]).addmm_(e_t[t], w_nrz, alpha=xi[t])
+                dh = acc
+        flat = e.view(-1, 4 * hidden)[:, : 3 * hidden]
+        dweight = _blocks(torch.mm(flat.t(), hs[:-1].reshape(-1, hidden)), (1, 2, 0), hidden)
+        dbias = _blocks(flat.sum(0), (1, 2, 0), hidden)
+        return e[..., hidden:], dh if ctx.needs_input_grad[1] else None, dweight, dbias, None
+
+
+# forward gate order i, f, o, g: the three sigmoid gates side by side
+_LSTM_FORWARD = (0, 1, 3, 2)
 
 
 class LSTM(torch.autograd.Function):
@@ -133,53 +274,75 @@ class LSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx, h0, c0, weight, bias, xi):
-        steps, hidden = gx.shape[0], h0.shape[-1]
-        hs = gx.new_empty((steps + 1,) + h0.shape)
+        _calibrate()
+        hidden = h0.shape[-1]
+        wt = _blocks(weight, _LSTM_FORWARD, hidden).t().contiguous()
+        hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
         cs = torch.empty_like(hs)
         hs[0], cs[0] = h0, c0
-        gates = gx + bias  # becomes i, f, g, o after their nonlinearities
-        wt = weight.t()
-        h, c, a = hs.unbind(0), cs.unbind(0), gates.unbind(0)
-        for t in range(steps):
+        tcs, psis = torch.empty_like(hs[1:]), torch.empty_like(hs[1:])  # tanh(c_t); o_t (1 - tanh^2(c_t))
+        gates = torch.empty_like(gx)  # i, f, o, g after their nonlinearities
+        for k, src in enumerate(_LSTM_FORWARD):
+            block = slice(src * hidden, (src + 1) * hidden)
+            torch.add(gx[..., block], bias[block], out=gates[..., k * hidden : (k + 1) * hidden])
+        h, c, tc, psi, a = hs.unbind(0), cs.unbind(0), tcs.unbind(0), psis.unbind(0), gates.unbind(0)
+        sig, tg = _steps(gates, slice(0, 3), hidden), _steps(gates, 3, hidden)
+        i, f, o, g = _gates(gates, (0, 1, 2, 3), hidden)
+        for t in range(len(tc)):
             a[t].addmm_(h[t], wt)
-            a[t][:, : 2 * hidden].sigmoid_()
-            a[t][:, 2 * hidden : 3 * hidden].tanh_()
-            a[t][:, 3 * hidden :].sigmoid_()
-            i, f, gg, o = a[t].split(hidden, dim=1)
-            torch.addcmul(f * c[t], i, gg, out=c[t + 1])
-            torch.mul(o, torch.tanh(c[t + 1]), out=h[t + 1])
-        ctx.save_for_backward(hs, cs, gates, weight)
+            sig[t].sigmoid_()
+            tg[t].tanh_()
+            torch.mul(f[t], c[t], out=c[t + 1]).addcmul_(i[t], g[t])
+            torch.tanh(c[t + 1], out=tc[t])
+            torch.mul(o[t], tc[t], out=h[t + 1])
+            _tanh_backward(o[t], tc[t], grad_input=psi[t])
+        ctx.save_for_backward(hs, cs, tcs, psis, gates, weight)
         ctx.xi = xi
-        return hs[1:], hs[steps].clone(), cs[steps].clone()
+        return hs[1:], h[-1].clone(), c[-1].clone()
 
     @staticmethod
     def backward(ctx, dout, dlast_h, dlast_c):
-        hs, cs, gates, weight = ctx.saved_tensors
-        xi, steps, hidden = ctx.xi, hs.shape[0] - 1, hs.shape[-1]
-        dout = _zeros_if_none(dout, hs[1:])
-        carry = _zeros_if_none(dlast_h, hs[0]).clone()
-        carry_c = _zeros_if_none(dlast_c, cs[0]).clone()
-        dgates = torch.empty_like(gates)
-        c, a, g = cs.unbind(0), gates.unbind(0), dout.unbind(0)
-        for t in reversed(range(steps)):
-            carry.add_(g[t])
-            i, f, gg, o = a[t].split(hidden, dim=1)
-            di, df, dg, do = dgates[t].split(hidden, dim=1)
-            tc = torch.tanh(c[t + 1])
-            dc = carry_c.add_(_tanh_backward(carry * o, tc))
-            _sigmoid_backward.grad_input(carry * tc, o, grad_input=do)
-            _sigmoid_backward.grad_input(dc * gg, i, grad_input=di)
-            _sigmoid_backward.grad_input(dc * c[t], f, grad_input=df)
-            _tanh_backward.grad_input(dc * i, gg, grad_input=dg)
-            carry_c = _scale(dc * f, xi, t)
-            carry = _scale(torch.mm(dgates[t], weight), xi, t)
-        flat = dgates.reshape(-1, dgates.shape[-1])
-        dweight = flat.t() @ hs[:-1].reshape(flat.shape[0], -1)
-        return dgates, carry, carry_c, dweight, flat.sum(0), None
+        hs, cs, tcs, psis, gates, weight = ctx.saved_tensors
+        steps, hidden, xi = tcs.shape[0], hs.shape[-1], _weights(ctx.xi, tcs.shape[0])
+        dhs = _grad_buffer(dout, hs[1:])
+        if dlast_h is not None:
+            dhs[-1] += dlast_h
+        dgates = torch.empty_like(gates)  # PyTorch order i, f, g, o
+        tmp, dc, dc_next = torch.empty_like(hs[0]), torch.empty_like(hs[0]), torch.empty_like(hs[0])
+        c, tc, psi, dhs_t, d = cs.unbind(0), tcs.unbind(0), psis.unbind(0), dhs.unbind(0), dgates.unbind(0)
+        i, f, o, g = _gates(gates, (0, 1, 2, 3), hidden)
+        i_f, d_if = _steps(gates, slice(0, 2), hidden), _steps(dgates, slice(0, 2), hidden)
+        di, df, dg, do = _gates(dgates, (0, 1, 2, 3), hidden)
+        dh = dhs_t[-1]
+        for t in range(steps - 1, -1, -1):
+            torch.mul(dh, psi[t], out=dc)  # dL/dc_t: through h_t, plus the carry from c_{t+1}
+            if t + 1 < steps:
+                dc.addcmul_(dc_next, f[t + 1], value=xi[t + 1])
+            elif dlast_c is not None:
+                dc.add_(dlast_c)
+            torch.mul(dh, tc[t], out=tmp)
+            _sigmoid_backward(tmp, o[t], grad_input=do[t])
+            torch.mul(dc, g[t], out=di[t])
+            torch.mul(dc, c[t], out=df[t])
+            _sigmoid_backward(d_if[t], i_f[t], grad_input=d_if[t])
+            torch.mul(dc, i[t], out=tmp)
+            _tanh_backward(tmp, g[t], grad_input=dg[t])
+            if t > 0:
+                dh = dhs_t[t - 1]
+                if xi[t] != 0.0:
+                    dh.addmm_(d[t], weight, alpha=xi[t])
+            dc, dc_next = dc_next, dc
+        dh0 = dc0 = None
+        if ctx.needs_input_grad[1]:
+            dh0 = torch.mm(d[0], weight).mul_(xi[0])
+        if ctx.needs_input_grad[2]:
+            dc0 = torch.mul(dc_next, f[0]).mul_(xi[0])
+        return dgates, dh0, dc0, _weight_grad(dgates, hs), dgates.sum((0, 1)), None
 
 
 def recur(cell: Cell, gx, state: tuple, weight, bias, xi: list[float] | None):
     """Run `cell` over the window `gx` [T, B, G] from `state`; returns (outputs [T, B, H], new state)."""
+    cell = Cell(cell)
     if cell is Cell.lstm:
         out, h, c = LSTM.apply(gx, state[0], state[1], weight, bias, xi)
         return out, (h, c)

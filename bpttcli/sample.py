@@ -23,10 +23,7 @@ from .runtime import resolve_device
 from .train import build_model
 from .vocab import Vocab
 
-
 MOST_FREQUENT = 1  # vocabulary ids follow <unk> in order of falling frequency
-
-
 UNKNOWN = ("error", "skip", "unk")  # characters outside the vocabulary: refuse the prefix, drop them, feed <unk>
 
 
@@ -47,7 +44,9 @@ class Sampler:
             model.load_state_dict(payload["model"])
         except (KeyError, TypeError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{path} does not hold a bptt model ({reason}); use a checkpoint from bptt train") from None
+            raise CheckpointError(
+                f"{path} does not hold a bptt model ({reason}); use a checkpoint from bptt train"
+            ) from None
         return cls(model.to(resolve_device(device)), vocab, config.data.preprocess)
 
     def encode(self, prefix: str, unknown: str = "error") -> torch.Tensor:
@@ -94,7 +93,7 @@ def check_options(length: int, temperature: float, top_k: int, num_samples: int,
     if unknown not in UNKNOWN:
         raise ConfigError(f"--unknown must be one of {', '.join(UNKNOWN)} (got {unknown!r})")
     if temperature <= 0:
-        raise ConfigError(f"--temperature must be > 0 (got {temperature:g}); for the most likely character use --greedy")
+        raise ConfigError(f"--temperature must be > 0 (got {temperature:g}); for the likeliest character use --greedy")
     if top_k < 0:
         raise ConfigError(f"--top-k must be >= 0, 0 meaning no limit (got {top_k})")
     if length < 0 or num_samples < 1:

@@ -28,12 +28,11 @@ def make_batch(vocab=7, steps=9, batch=3, seed=0):
 def random_state(model: CharRNN, batch: int, seed=1, scale=0.5):
     """A non-zero initial state (leaves with requires_grad) in the model's dtype."""
     g = torch.Generator().manual_seed(seed)
-    dtype = model.head.weight.dtype
-    return [
-        tuple((scale * torch.randn(batch, model.hidden, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
-              for _ in layer)
-        for layer in model.init_state(batch)
-    ]
+
+    def leaf(zeros):
+        return (scale * torch.randn(zeros.shape, generator=g, dtype=torch.float64)).to(zeros.dtype).requires_grad_()
+
+    return [tuple(leaf(t) for t in layer) for layer in model.init_state(batch)]
 
 
 def summed_ce(logits, y):

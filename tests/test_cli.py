@@ -14,7 +14,16 @@ from bpttcli.cli import app
 from bpttcli.data import min_corpus_length
 from bpttcli.download import DEFAULT_SHA1, sha1_of
 
-COMMANDS = sorted(typer.main.get_command(app).commands)
+
+def leaf_commands(command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every runnable command, e.g. ('train',) or ('demo', 'influence-balancing')."""
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        return [path]
+    return [leaf for name, sub in sorted(subcommands.items()) for leaf in leaf_commands(sub, path + (name,))]
+
+
+ROOT = typer.main.get_command(app)
 WORLD = "Ünïcödé 東京 🚀 line one\nCRLF line\r\n" * 8
 
 
@@ -38,16 +47,16 @@ def data_error(cli_error, tmp_path):
 
 def test_help_lists_commands(bptt):
     out = bptt("--help").output
-    assert {"download", "train"} <= set(COMMANDS) and all(name in out for name in COMMANDS)
+    assert {"download", "train"} <= set(ROOT.commands) and all(name in out for name in ROOT.commands)
 
 
 def test_version(bptt):
     assert bptt("--version").output.strip() == f"bptt {__version__}"
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", leaf_commands(ROOT), ids=" ".join)
 def test_every_command_help_has_an_example(bptt, command):
-    assert "Example" in bptt(command, "--help").output
+    assert "Example" in bptt(*command, "--help").output
 
 
 def test_data_missing(data_error, tmp_path):

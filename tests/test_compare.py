@@ -91,6 +91,7 @@ def test_files(done):
     assert float(table[1]["best_val_ppl_mean"]) == pytest.approx(rows(results)["truncated"]["best_val_ppl"]["mean"])
     md = (out / "results.md").read_text()
     assert md.count("| random-polytail |") == 4 and "| random-polytail | trained |" in md and "val ppl best" in md
+    assert "| \\|g\\| median |" in md  # a pipe inside a cell is escaped, so every row keeps its columns
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert all((out / "runs" / f"{v}-s{s}" / "summary.json").is_file() for v in ALL for s in (0, 1))
 

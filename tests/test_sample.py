@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from bpttcli import checkpoint
 from bpttcli.config import load_config
 from bpttcli.sample import Sampler, pick, sample
 from bpttcli.train import train
@@ -98,6 +99,8 @@ def test_corrupted_and_missing_checkpoints(bptt_error, letters_run, tmp_path):
     assert "corrupted" in bptt_error("sample", bad, code=5)
     assert "no checkpoint" in bptt_error("sample", tmp_path / "missing.pt", code=5)
     assert "no checkpoint" in bptt_error("sample", tmp_path, code=5)
+    checkpoint.save({"model": {}}, tmp_path / "empty.pt")
+    assert "does not hold a bptt model" in bptt_error("sample", tmp_path / "empty.pt", code=5)
 
 
 def test_last_picks_last_pt(bptt, bptt_error, letters_run, tmp_path):

@@ -278,7 +278,8 @@ def test_full_bptt_prints_its_memory_estimate_and_help_calls_it_infeasible(bptt,
                "--epochs", 1, "--run-dir", "run").output
     assert "full BPTT over the whole epoch: one update per epoch, ~" in out and "MiB of activations" in out
     assert "done · 1 steps" in out
-    assert "computationallyinfeasible" in "".join(bptt("train", "--help").output.replace("│", "").split())
+    help_text = "".join(bptt("train", "--help").output.replace("│", "").split())
+    assert "computationallyinfeasible" in help_text and "Rundirectory[default:runs/" in help_text
 
 
 # ------------------------------------------------------------------ bad input
