@@ -27,16 +27,16 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
-from . import checkpoint, theory
-from .config import Config, from_dict, load_config
+from . import theory
+from .config import Config, load_config
 from .data import eval_windows
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .fsutil import atomic_write_text, ensure_dir
 from .model import CharRNN, State, detach_state
 from .plots import Panel, Series, plot_panels
 from .recurrence import Cell
 from .runtime import seed_everything
-from .train import build_model, load_dataset
+from .train import build_model, load_dataset, load_trained
 from .unrolled import unrolled_forward
 from .vocab import Vocab
 
@@ -74,15 +74,7 @@ def default_out() -> Path:
 
 def load_checkpoint(target: Path, data: Path | None = None) -> tuple[Config, CharRNN, Vocab, Path]:
     """The model, config and vocabulary of a run directory (best.pt) or checkpoint file; `data` replaces the corpus."""
-    path = checkpoint.resolve(target)
-    payload = checkpoint.load(path)
-    try:
-        config, vocab = from_dict(payload["config"]), Vocab.from_list(payload["vocab"])
-        model = build_model(config, len(vocab))
-        model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        reason = type(exc).__name__
-        raise CheckpointError(f"{path} does not hold a bptt model ({reason}); use one from bptt train") from None
+    config, model, vocab, path = load_trained(target)
     if data is not None:
         config.data.path = str(data)
     return config, model, vocab, path
@@ -91,7 +83,8 @@ def load_checkpoint(target: Path, data: Path | None = None) -> tuple[Config, Cha
 def validation_windows(config: Config, vocab: Vocab | None, streams: int, steps: int, count: int):
     """Up to `count` consecutive full windows [steps, streams] of the validation text, and its vocabulary."""
     data = load_dataset(config, vocab, quiet=True)
-    windows = [w for w in eval_windows(data.val, streams, steps) if w[0].shape[0] == steps][:count]
+    full = [x for x in eval_windows(data.val, streams, steps) if x[0].shape[0] == steps]
+    windows = [x for x in full if x[0].shape[1] == full[0][0].shape[1]][:count] if full else []
     if not windows:
         raise DataError(
             f"the validation text has {len(data.val)} characters, too few for one window of {steps} steps; "

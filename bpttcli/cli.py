@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .config import Device, LrSchedule, OptimizerName, Partition, load_config
 from .corpus import Preprocess
 from .errors import BpttError
 from .recurrence import Cell
+from .sample import Unknown
 from .strategies import Schedule, StrategyName
 from .ui import console, stdout
 
+class OneLineUsageErrors(TyperGroup):
+    """Report usage errors (an unknown option, a bad choice) on one line, like every other error."""
+
+    def main(self, *args, **kwargs):
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except typer.Abort:
+            console.print("aborted")
+            sys.exit(1)
+        except Exception as exc:
+            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+                raise  # not a usage error: a bug, show the traceback
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                stdout.print(exc.format_message(), highlight=False)
+            else:
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                console.print(f"[red]error:[/] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="Train character-level RNNs with full, truncated and randomized backpropagation through time.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
 )
@@ -159,7 +187,7 @@ def sample(
     seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same samples \\[default: fresh each time].")] = None,
     device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
     last: Annotated[bool, typer.Option("--last", help="Use the run's last.pt instead of its best.pt.")] = False,
-    unknown: Annotated[str, typer.Option(help="Prefix characters outside the vocabulary: error, skip (drop them) or unk.")] = "error",
+    unknown: Annotated[Unknown, typer.Option(help="Prefix characters outside the vocabulary: error, skip (drop them) or unk.")] = Unknown.error,
 ) -> None:
     """Generate text from a trained model, streaming it as it is sampled.
 
@@ -238,7 +266,11 @@ def analyze(
     stdout.print(f"wrote {out_dir / 'analysis.json'} and {out_dir / 'analysis.png'}")
 
 
-demo_app = typer.Typer(help="Synthetic tasks that show what truncation does to the gradient.", no_args_is_help=True)
+demo_app = typer.Typer(
+    help="Synthetic tasks that show what truncation does to the gradient.\n\n"
+    "Example: [bold]bptt demo influence-balancing --steps 20000[/]",
+    no_args_is_help=True,
+)
 app.add_typer(demo_app, name="demo")
 
 

@@ -145,10 +145,10 @@ class RandomWindows:
 
 
 def eval_windows(tokens: torch.Tensor, batch_size: int, num_steps: int):
-    """Sequential windows over `tokens` for evaluation, each target predicted at most once.
+    """Sequential windows over `tokens` for evaluation: every target predicted exactly once.
 
-    The last (len(tokens) - 1) % streams targets (fewer than `batch_size`) are left out: covering
-    them needs a narrower final window, which `engine.evaluate` does not accept yet.
+    The (len(tokens) - 1) % streams targets left over after the streams continue the last
+    stream, in windows one stream wide (the caller keeps that stream's state).
     """
     streams = max(1, min(batch_size, (len(tokens) - 1) // num_steps))
     steps = (len(tokens) - 1) // streams
@@ -156,3 +156,6 @@ def eval_windows(tokens: torch.Tensor, batch_size: int, num_steps: int):
     y = tokens[1 : 1 + streams * steps].view(streams, steps).t()
     for start in range(0, steps, num_steps):
         yield x[start : start + num_steps], y[start : start + num_steps]
+    for start in range(streams * steps, len(tokens) - 1, num_steps):
+        end = min(start + num_steps, len(tokens) - 1)
+        yield tokens[start:end, None], tokens[start + 1 : end + 1, None]

@@ -67,7 +67,8 @@ def evaluate(model: CharRNN, tokens: torch.Tensor, batch_size: int, num_steps: i
     tokens = tokens.to(model.head.weight.device)
     state, total, count = None, torch.zeros((), device=tokens.device), 0
     for x, y in eval_windows(tokens, batch_size, num_steps):
-        state = state or model.init_state(x.shape[1])
+        width = x.shape[1]  # the final windows may continue only the last streams
+        state = model.init_state(width) if state is None else [tuple(t[-width:] for t in layer) for layer in state]
         loss, state = _segment_loss(model, x, y, state, None)
         total, count = total + loss, count + y.numel()
     model.train(was_training)

@@ -8,23 +8,30 @@ frequency: a space for prose), which is not printed, so a sample starts the way 
 
 from __future__ import annotations
 
+import enum
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
 import torch
 
-from . import checkpoint
-from .config import Device, from_dict
+from .config import Device
 from .corpus import preprocess
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .model import CharRNN
 from .runtime import resolve_device
-from .train import build_model
+from .train import load_trained
 from .vocab import Vocab
 
 MOST_FREQUENT = 1  # vocabulary ids follow <unk> in order of falling frequency
-UNKNOWN = ("error", "skip", "unk")  # characters outside the vocabulary: refuse the prefix, drop them, feed <unk>
+
+
+class Unknown(str, enum.Enum):
+    """What to do with prefix characters outside the vocabulary."""
+
+    error = "error"  # refuse the prefix
+    skip = "skip"  # drop them
+    unk = "unk"  # feed <unk>
 
 
 class Sampler:
@@ -36,29 +43,19 @@ class Sampler:
     @classmethod
     def load(cls, target: Path, last: bool = False, device: Device | str = Device.auto) -> "Sampler":
         """A run directory (its best.pt, or last.pt with `last`) or a checkpoint file, on `device`."""
-        path = checkpoint.resolve(target, "last" if last else "best")
-        payload = checkpoint.load(path)
-        try:
-            config, vocab = from_dict(payload["config"]), Vocab.from_list(payload["vocab"])
-            model = build_model(config, len(vocab))
-            model.load_state_dict(payload["model"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(
-                f"{path} does not hold a bptt model ({reason}); use a checkpoint from bptt train"
-            ) from None
+        config, model, vocab, _ = load_trained(target, "last" if last else "best")
         return cls(model.to(resolve_device(device)), vocab, config.data.preprocess)
 
-    def encode(self, prefix: str, unknown: str = "error") -> torch.Tensor:
+    def encode(self, prefix: str, unknown: Unknown = Unknown.error) -> torch.Tensor:
         """The prefix, preprocessed like the corpus, as token ids; characters outside the vocabulary per `unknown`."""
         text = preprocess(prefix, self.mode)
         bad = self.vocab.unknown(text)
-        if bad and unknown == "error":
+        if bad and Unknown(unknown) is Unknown.error:
             raise ConfigError(
                 f"the prefix has characters outside the model's vocabulary: {' '.join(map(repr, bad))}; "
                 f"remove them or pass --unknown skip (drop them) or --unknown unk"
             )
-        if unknown == "skip":
+        if Unknown(unknown) is Unknown.skip:
             text = "".join(c for c in text if c in self.vocab.stoi)
         return self.vocab.encode(text)
 
@@ -89,9 +86,7 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, greedy: bool, gen
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def check_options(length: int, temperature: float, top_k: int, num_samples: int, unknown: str) -> None:
-    if unknown not in UNKNOWN:
-        raise ConfigError(f"--unknown must be one of {', '.join(UNKNOWN)} (got {unknown!r})")
+def check_options(length: int, temperature: float, top_k: int, num_samples: int) -> None:
     if temperature <= 0:
         raise ConfigError(f"--temperature must be > 0 (got {temperature:g}); for the likeliest character use --greedy")
     if top_k < 0:
@@ -103,10 +98,10 @@ def check_options(length: int, temperature: float, top_k: int, num_samples: int,
 def sample(
     target: Path, prefix: str = "", length: int = 200, temperature: float = 1.0, top_k: int = 0,
     greedy: bool = False, num_samples: int = 1, seed: int | None = None, device: Device | str = Device.auto,
-    last: bool = False, unknown: str = "error", out: TextIO = sys.stdout,
+    last: bool = False, unknown: Unknown = Unknown.error, out: TextIO = sys.stdout,
 ) -> list[str]:
     """Write `num_samples` samples to `out` as they are generated (each after its preprocessed prefix); return them."""
-    check_options(length, temperature, top_k, num_samples, unknown)
+    check_options(length, temperature, top_k, num_samples)
     sampler = Sampler.load(target, last, device)
     ids = sampler.encode(prefix, unknown)
     generator = torch.Generator()

@@ -104,7 +104,7 @@ class RandomTruncation(Strategy):
         survival = self.survival(length)
         xi = torch.zeros(length, dtype=torch.float64)
         xi[1:] = survival[:-2] / survival[1:-1]  # 1 / (1 - c_k) for each step that survived
-        return Segment(length, xi.float())
+        return Segment(length, xi)
 
     def _first_below(self, u: float, available: int) -> int:
         upto = min(available, 64)

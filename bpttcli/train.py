@@ -47,6 +47,20 @@ def build_model(config: Config, vocab_size: int) -> CharRNN:
     return CharRNN(vocab_size, m.cell, m.hidden, m.layers, m.dropout, m.embedding)
 
 
+def load_trained(target: Path, which: str = "best") -> tuple[Config, CharRNN, Vocab, Path]:
+    """The config, model (on the CPU) and vocabulary of a run directory's `<which>.pt` or a checkpoint file."""
+    path = checkpoint.resolve(target, which)
+    payload = checkpoint.load(path)
+    try:
+        config, vocab = from_dict(payload["config"]), Vocab.from_list(payload["vocab"])
+        model = build_model(config, len(vocab))
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} does not hold a bptt model ({reason}); use a checkpoint from bptt train") from None
+    return config, model, vocab, path
+
+
 def build_optimizer(config: Config, model: CharRNN) -> torch.optim.Optimizer:
     o = config.optim
     if o.optimizer is OptimizerName.adam:

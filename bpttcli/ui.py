@@ -15,7 +15,7 @@ from rich.progress import (
 from rich.text import Text
 
 console = Console(stderr=True)
-stdout = Console()
+stdout = Console(soft_wrap=True)  # results stay one line per record when piped
 
 
 def compact(n: float) -> str:

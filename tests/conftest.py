@@ -7,10 +7,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner, Result
 
 BOOK = Path(__file__).resolve().parents[2] / "shared/data/timemachine.txt"
 SAMPLE = "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter.\n"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Run the suite on one intra-op thread: its tensors are tiny, and on a busy 2-core machine a
+    second OpenMP thread makes each small op wait for a core (~70 ms per cross-entropy, not ~0.1 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -58,13 +57,3 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b||, in float64."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run tiny-tensor tests on one intra-op thread: on a busy 2-core machine a second OpenMP
-    thread makes each small op wait for a core (~70 ms per cross-entropy instead of ~0.1 ms)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_batch, make_model, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from helpers import make_batch, make_model
 
 from bpttcli import analyze, theory
 from bpttcli.recurrence import Cell

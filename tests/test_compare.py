@@ -11,7 +11,6 @@ import torch
 from bpttcli import compare as lib
 from bpttcli.errors import ConfigError
 from bpttcli.train import Interrupted
-from helpers import one_thread  # noqa: F401
 
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
         "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n") * 8

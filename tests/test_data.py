@@ -164,18 +164,10 @@ def test_random_windows_epoch_accounting():
 
 # ------------------------------------------------------------- evaluation
 
-REMAINDER = pytest.mark.xfail(
-    strict=True,
-    reason="eval_windows drops the last (len - 1) % streams targets; exact coverage needs a narrower final "
-    "window, which engine.evaluate cannot take yet (it reuses the full-width state)",
-)
-
-
 @pytest.mark.parametrize(
     "n, b, t",
     [(41, 4, 5), (21, 8, 5), (2, 4, 5), (61, 1, 7),
-     pytest.param(36, 4, 5, marks=REMAINDER), pytest.param(12, 2, 5, marks=REMAINDER),
-     pytest.param(23, 8, 2, marks=REMAINDER)],
+     (36, 4, 5), (12, 2, 5), (23, 8, 2)],
 )
 def test_eval_windows_predict_every_target_exactly_once(n, b, t):
     windows = list(eval_windows(torch.arange(n), b, t))

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from bpttcli.demo import Task, influence_balancing, unroll
 

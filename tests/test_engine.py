@@ -14,7 +14,7 @@ from bpttcli.recurrence import Cell
 from bpttcli.strategies import Full, RandomTruncation, Schedule, Truncated
 from bpttcli.theory import linear_rnn_gradients
 from helpers import (  # noqa: F401
-    ALL_CELLS, final_state_loss, grad_of, leaves_of, make_batch, make_model, one_thread, random_state, rel_err,
+    ALL_CELLS, final_state_loss, grad_of, leaves_of, make_batch, make_model, random_state, rel_err,
 )
 
 T, TAU, V, H, B = 12, 3, 5, 4, 2  # the tiny window of the statistical tests

@@ -11,7 +11,7 @@ from bpttcli.model import detach_state
 from bpttcli.recurrence import Cell
 from bpttcli.theory import linear_rnn_forward
 from helpers import (  # noqa: F401
-    RECURRENT, final_state_loss, grad_of, make_batch, make_model, one_thread, random_state, rel_err, summed_ce,
+    RECURRENT, final_state_loss, grad_of, make_batch, make_model, random_state, rel_err, summed_ce,
 )
 
 TORCH_NN = {Cell.rnn: nn.RNN, Cell.gru: nn.GRU, Cell.lstm: nn.LSTM}

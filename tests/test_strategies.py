@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from bpttcli.strategies import Full, RandomTruncation, Schedule, StrategyName, Truncated, make_strategy
-from helpers import one_thread  # noqa: F401
 
 SCHEDULES = list(Schedule)
 

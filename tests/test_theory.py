@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bpttcli.theory import linear_rnn_forward, linear_rnn_gradients
-from helpers import one_thread, rel_err  # noqa: F401
+from helpers import rel_err  # noqa: F401
 
 D, H, Q = 4, 3, 5  # input, hidden and output sizes
 

@@ -16,7 +16,6 @@ import torch
 from bpttcli import checkpoint
 from bpttcli.config import load_config, read_yaml, to_dict
 from bpttcli.train import Interrupted, resume, train
-from helpers import one_thread  # noqa: F401
 
 TEXT = (
     "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
