@@ -8,7 +8,7 @@ from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from .fsutil import atomic_open
 
@@ -50,8 +50,9 @@ def draw(ax, panel: Panel, colors: dict[str, str]) -> None:
     for log, axis, set_scale in ((panel.logx, ax.xaxis, ax.set_xscale), (panel.logy, ax.yaxis, ax.set_yscale)):
         if log:
             set_scale("log")
-            axis.set_major_formatter(PLAIN)  # '20', not '2 x 10^1', also on the minor ticks of a short range
-            axis.set_minor_formatter(PLAIN)
+            axis.set_major_formatter(PLAIN)  # '20', not '2 x 10^1'
+            # minor ticks get labels only on a short range (under ~1 decade), where majors are few
+            axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     ax.grid(True, which="both", alpha=0.3)
     if panel.series:
         ax.legend(fontsize="small")

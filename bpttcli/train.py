@@ -183,8 +183,15 @@ class Trainer:
             self.state = self.model.init_state(self.config.data.batch_size)
         return True
 
+    def _available_steps(self) -> int:
+        """Steps left in the epoch, capped by the token budget (so `full` cannot overshoot it)."""
+        budget = self.config.train.max_tokens
+        if not budget:
+            return self.batcher.remaining
+        return max(1, min(self.batcher.remaining, -(-(budget - self.tokens) // self.config.data.batch_size)))
+
     def _train_step(self) -> None:
-        segment = self.strategy.next_segment(self.batcher.remaining, self.generator)
+        segment = self.strategy.next_segment(self._available_steps(), self.generator)
         x, y = (t.to(self.device, non_blocking=True) for t in self.batcher.next(segment.length))
         if not self.batcher.carries_state:
             self.state = self.model.init_state(x.shape[1])
