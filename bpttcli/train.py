@@ -184,11 +184,12 @@ class Trainer:
         return True
 
     def _available_steps(self) -> int:
-        """Steps left in the epoch, capped by the token budget (so `full` cannot overshoot it)."""
+        """Steps left in the epoch, capped near the token budget (so `full` cannot overshoot it by an epoch)."""
         budget = self.config.train.max_tokens
         if not budget:
             return self.batcher.remaining
-        return max(1, min(self.batcher.remaining, -(-(budget - self.tokens) // self.config.data.batch_size)))
+        steps_left = -(-(budget - self.tokens) // self.config.data.batch_size)
+        return min(self.batcher.remaining, max(steps_left, self.config.strategy.num_steps))
 
     def _train_step(self) -> None:
         segment = self.strategy.next_segment(self._available_steps(), self.generator)
