@@ -15,7 +15,7 @@ import torch
 
 from bpttcli import checkpoint
 from bpttcli.config import load_config, read_yaml, to_dict
-from bpttcli.train import Interrupted, resume, train
+from bpttcli.train import Interrupted, load_dataset, resume, train
 
 TEXT = (
     "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
@@ -264,6 +264,18 @@ def test_limits_stop_the_run(corpus, tmp_path):
     started = time.monotonic()
     by_time = train(config(corpus, train__max_time=0.5, train__epochs=10**6), tmp_path / "time", quiet=True)
     assert by_time["elapsed"] >= 0.5 and time.monotonic() - started < 30
+
+
+def test_full_bptt_stops_near_the_token_budget_not_at_the_epoch_end(corpus, tmp_path):
+    c = config(corpus, strategy__name="full", train__max_tokens=95)
+    summary = train(c, tmp_path / "run", quiet=True)
+    window = c.data.batch_size * c.strategy.num_steps
+    assert 95 <= summary["tokens"] < 95 + window < c.data.batch_size * steps_per_epoch(c)
+
+
+def steps_per_epoch(c) -> int:
+    """Steps of one epoch of the tiny corpus (random offset 0)."""
+    return (len(load_dataset(c).train) - 1) // c.data.batch_size
 
 
 def test_final_evaluation_is_not_repeated_at_an_eval_boundary(corpus, tmp_path):
