@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# A local copy of the book, used when present (no download needed); otherwise `bptt` downloads it.
+BOOK   ?= ../shared/data/timemachine.txt
 
 .PHONY: run test install install-dev bench clean
 
@@ -19,7 +21,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 run: install
-	$(BIN)/bptt train --strategy random --config configs/default.yaml
+	$(BIN)/bptt train --strategy random --config configs/default.yaml $(if $(wildcard $(BOOK)),--data $(BOOK))
 
 test: install-dev
 	$(BIN)/python -m pytest

@@ -95,7 +95,7 @@ def environment(device: torch.device) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    if device.type == "cpu":
+    if device.type == "cpu" and args.allocator_probe != "default":
         tune_allocator()
     with tempfile.TemporaryDirectory(prefix="bptt-bench-") as tmp:
         data = corpus(args.data, Path(tmp))
@@ -110,9 +110,9 @@ def main(argv=None) -> int:
                 results[name] = run(args, data, device)
         results["environment"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
         results["wall_seconds"] = time.perf_counter() - started
-    markdown = report.markdown(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    markdown = report.markdown(results)
     (args.out / "results.md").write_text(markdown, encoding="utf-8")
     if args.docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)

@@ -51,17 +51,16 @@ def max_error(cell, layers, dtype, steps=13, batch=3, hidden=8, vocab=11, seed=0
 
 def main() -> int:
     bad = 0
-    for overwrite in (True, False):
+    for path, overwrite in [(p, True) for p in recurrence.available_paths()] + [("portable", False)]:
         recurrence.OVERWRITE_GRADIENTS = overwrite
-        path = "in-place" if overwrite else "copy"
-        if True:
+        with recurrence.use_path(path):
             for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
                 for cell in Cell:
                     for layers in (1, 2):
                         err = max(max_error(cell, layers, dtype), max_error(cell, layers, dtype, steps=35, hidden=48))
                         ok = err <= tol
                         bad += not ok
-                        print(f"{path:9s} {str(dtype):14s} {cell.value:6s} layers={layers}  max rel err {err:.2e}"
+                        print(f"{path:9s} {'in-place' if overwrite else 'copy':8s} {str(dtype):14s} {cell.value:6s} layers={layers}  max rel err {err:.2e}"
                               f"  {'ok' if ok else 'FAIL'}")
     return 1 if bad else 0
 

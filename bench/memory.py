@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -29,7 +31,7 @@ def peak_bytes(work: Callable[[], None], device: torch.device) -> int | None:
     if device.type != "cpu":
         work()
         return None
-    with contextlib.redirect_stdout(io.StringIO()), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
     records = sorted(
         (e.start_ns(), e.nbytes())
@@ -41,3 +43,17 @@ def peak_bytes(work: Callable[[], None], device: torch.device) -> int | None:
         running += nbytes
         peak = max(peak, running)
     return peak
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the profiler's own start/stop lines, which its C++ side writes to the stderr descriptor."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

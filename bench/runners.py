@@ -39,7 +39,7 @@ class TrainerLoop:
     def __init__(self, data: Path, cell: str, hidden: int, strategy: str, device: str):
         self._dir = tempfile.TemporaryDirectory(prefix="bptt-bench-")
         view = _NullView()
-        self.trainer = Trainer(trainer_config(data, cell, hidden, strategy, device), Path(self._dir.name), True, view=view)
+        self.trainer = Trainer(trainer_config(data, cell, hidden, strategy, device), Path(self._dir.name), quiet=True, view=view)
         self.trainer.view, self.trainer.started = view, time.monotonic()
 
     def step(self) -> int:

@@ -50,7 +50,9 @@ def correctness(args, data, device) -> dict:
                         for dtype in (torch.float32, torch.float64) if dtype != torch.float64 or device.type != "mps"
                     }
                     rows.append({"path": path, "cell": cell, "layers": layers, **errors})
-    return {"auto_path": recurrence.path_for(torch.empty(0, device=device)), "rows": rows}
+    auto = {f"{c}-{h}": recurrence.path_for(torch.empty(recurrence.GATES[recurrence.Cell(c)] * h, h, device=device)).name
+            for c in args.cells for h in args.hidden}
+    return {"auto_path": auto, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------- GEMM
