@@ -42,10 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, default=None, help="also write the Markdown here [full runs: docs/benchmark.md]")
     p.add_argument("--data", type=Path, default=None, help="corpus [../shared/data/timemachine.txt, else random]")
     p.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"])
-    p.add_argument("--hidden", nargs="+", type=int, default=None, help="[256 512; quick: 64]")
+    p.add_argument("--hidden", nargs="+", type=int, default=None, help="[256 512; quick: 32]")
     p.add_argument("--strategies", nargs="+", default=["full", "truncated", "random"])
-    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds [4; quick: 1]")
-    p.add_argument("--seconds", type=float, default=None, help="timed seconds per loop per round [0.6; quick: 0.05]")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds [6; quick: 1]")
+    p.add_argument("--seconds", type=float, default=None, help="timed seconds per loop per round [0.5; quick: 0.05]")
     p.add_argument("--lengths", nargs="+", type=int, default=None, help="memory: window lengths [200 .. 5000]")
     p.add_argument("--memory-hidden", type=int, default=None, help="memory: hidden size [256; quick: 32]")
     p.add_argument("--recompute-length", type=int, default=None, help="checkpointing window [20000; quick: 400]")
@@ -53,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allocator-probe", choices=["default", "tuned"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
-    args.hidden = args.hidden or ([64] if quick else [256, 512])
-    args.rounds = args.rounds or (1 if quick else 4)
-    args.seconds = args.seconds if args.seconds is not None else (0.05 if quick else 0.6)
+    args.hidden = args.hidden or ([32] if quick else [256, 512])
+    args.rounds = args.rounds or (1 if quick else 6)
+    args.seconds = args.seconds if args.seconds is not None else (0.05 if quick else 0.5)
     args.lengths = args.lengths or ([20, 60] if quick else [200, 500, 1000, 2000, 5000])
     args.memory_hidden = args.memory_hidden or (32 if quick else 256)
     args.recompute_length = args.recompute_length or (400 if quick else 20000)
@@ -64,15 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def corpus(path: Path | None, workdir: Path) -> Path:
-    """The book if present, else 200k random lowercase letters and spaces (vocabulary 28 with <unk>)."""
+def corpus(path: Path | None, workdir: Path, quick: bool) -> Path:
+    """The book if present (not for --quick), else random lowercase letters and spaces (vocabulary 28 with <unk>)."""
     if path is not None:
         return path
-    if BOOK.is_file():
+    if BOOK.is_file() and not quick:
         return BOOK
     generator = torch.Generator().manual_seed(0)
     letters = "abcdefghijklmnopqrstuvwxyz "
-    ids = torch.randint(0, len(letters), (200_000,), generator=generator).tolist()
+    ids = torch.randint(0, len(letters), (20_000 if quick else 200_000,), generator=generator).tolist()
     random_text = workdir / "random.txt"
     random_text.write_text("".join(letters[i] for i in ids), encoding="utf-8")
     return random_text
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     if device.type == "cpu" and args.allocator_probe != "default":
         tune_allocator()
     with tempfile.TemporaryDirectory(prefix="bptt-bench-") as tmp:
-        data = corpus(args.data, Path(tmp))
+        data = corpus(args.data, Path(tmp), args.quick)
         if args.allocator_probe:
             print(json.dumps(sections.allocator_probe(args, data, device, args.allocator_probe == "tuned")))
             return 0
@@ -106,8 +106,11 @@ def main(argv=None) -> int:
         results = {"environment": environment(device), "config": report.config_of(args, data)}
         for name, run in sections.SECTIONS.items():
             if name not in args.skip:
-                print(f"== {name}", flush=True)
+                print(f"== {name}", end=" ", flush=True)
+                began = time.perf_counter()
                 results[name] = run(args, data, device)
+                results.setdefault("section_seconds", {})[name] = time.perf_counter() - began
+                print(f"{time.perf_counter() - began:.1f} s", flush=True)
         results["environment"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
         results["wall_seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)

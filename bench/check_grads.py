@@ -10,8 +10,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from bpttcli.model import CharRNN
 from bpttcli import recurrence
+from bpttcli.model import CharRNN
 from bpttcli.recurrence import Cell
 from bpttcli.unrolled import unrolled_forward
 
@@ -38,14 +38,15 @@ def max_error(cell, layers, dtype, steps=13, batch=3, hidden=8, vocab=11, seed=0
              for layer in model.init_state(batch)]
     xi = (torch.rand(steps, dtype=torch.float64) * 2).tolist()
     xi[0], xi[steps // 2] = 0.0, 0.0
-    ref_model = CharRNN(vocab, cell, hidden, layers).to(device, torch.float64)
-    ref_model.load_state_dict(model.state_dict())
+    ref_model = CharRNN(vocab, cell, hidden, layers).double()  # on the CPU: MPS has no float64
+    ref_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
     worst = 0.0
     for xs in (xi, None):
         got = _grads(model, x, y, state, xs, lambda m, *a: m(*a))
-        ref_state = [tuple(s.double() for s in layer) for layer in state]
-        ref = _grads(ref_model, x, y, ref_state, xs, unrolled_forward)
-        worst = max(worst, max(float((g.double() - r).abs().max() / r.abs().max().clamp(min=1)) for g, r in zip(got, ref)))
+        ref_state = [tuple(s.double().cpu() for s in layer) for layer in state]
+        ref = _grads(ref_model, x.cpu(), y.cpu(), ref_state, xs, unrolled_forward)
+        worst = max(worst, max(float((g.double().cpu() - r).abs().max() / r.abs().max().clamp(min=1))
+                               for g, r in zip(got, ref)))
     return worst
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import statistics
@@ -95,7 +96,7 @@ def throughput(args, data, device) -> dict:
         for config in configs:
             for impl in IMPLS[:: 1 if r % 2 == 0 else -1]:
                 samples[(impl, *config)].append(tokens_per_second(loops[(impl, *config)].step, args.seconds, sync))
-        print(f"   round {r + 1}/{args.rounds} done", flush=True)
+        print(f"[round {r + 1}/{args.rounds}]", end=" ", flush=True)
     rows = []
     for strategy, cell, hidden in configs:
         row = {"strategy": strategy, "cell": cell, "hidden": hidden}
@@ -112,18 +113,30 @@ def allocator(args, data, device) -> dict:
     if device.type != "cpu" or not sys.platform.startswith("linux"):
         return {"skipped": "glibc allocator tuning applies to Linux CPU runs only"}
     argv = ["--device", "cpu", "--data", str(data), "--hidden", str(max(args.hidden)), "--seconds", str(args.seconds)]
+    argv += ["--quick"] if args.quick else []
     runs = {mode: [] for mode in ("default", "tuned")}
-    for _ in range(1 if args.quick else 2):  # alternate processes to spread load drifts
+    if args.quick:  # a smoke test of the code, not a measurement: this process is already tuned
+        default = _start_self([*argv, "--allocator-probe", "default"])
+        runs["tuned"].append(allocator_probe(args, data, device, tuned=True))
+        runs["default"].append(_result(default))
+    for _ in range(0 if args.quick else 3):  # one process after another, alternating to spread load drifts
         for mode in runs:
-            runs[mode].append(_run_self([*argv, "--allocator-probe", mode]))
+            runs[mode].append(_result(_start_self([*argv, "--allocator-probe", mode])))
     return {mode: {key: max((run[key] for run in got), key=lambda v: v["tokens_per_s"]) for key in got[0]}
             for mode, got in runs.items()}
 
 
-def _run_self(argv: list[str]) -> dict:
+def _start_self(argv: list[str]) -> subprocess.Popen:
     script = Path(__file__).with_name("benchmark.py")
-    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, str(script), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(process: subprocess.Popen) -> dict:
+    """The JSON line a probe process prints last."""
+    out, err = process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"allocator probe failed ({process.returncode}): {err.strip()[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def allocator_probe(args, data, device, tuned: bool) -> dict:
@@ -132,7 +145,8 @@ def allocator_probe(args, data, device, tuned: bool) -> dict:
         import bpttcli.train
         bpttcli.train.tune_allocator = lambda: None  # the trainer would tune it
     hidden, out = max(args.hidden), {}
-    for cell, strategy in (("rnn", "truncated"), ("lstm", "truncated"), ("rnn", "full")):
+    configs = [("rnn", "truncated")] if args.quick else [("rnn", "truncated"), ("lstm", "truncated"), ("rnn", "full")]
+    for cell, strategy in configs:
         loop = TrainerLoop(data, cell, hidden, strategy, "cpu")
         for _ in range(3):
             loop.step()
@@ -183,8 +197,24 @@ def _builtin_step(cell: str, hidden: int, length: int, device):
     return step
 
 
+@contextlib.contextmanager
+def flush_denormals():
+    """Long windows drive the backward's gradients into denormal floats, which x86 handles ~100x slower
+    (a full-BPTT step over L=1000 takes 24 s instead of 0.2 s); flushing them changes no byte counts."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # torch's default; it has no getter to restore from
+
+
 def memory(args, data, device) -> dict:
     """Peak bytes of one full-BPTT step against L, over the bytes of the L hidden states (L * B * H * 4)."""
+    with flush_denormals():
+        return _memory(args, device)
+
+
+def _memory(args, device) -> dict:
     hidden, rows = args.memory_hidden, []
     makers = {"bptt": _bptt_step, "baseline": _builtin_step}
     for cell in args.cells:
@@ -202,6 +232,11 @@ def memory(args, data, device) -> dict:
 # -------------------------------------------------------------------------------------- recompute
 def recompute(args, data, device) -> dict:
     """Full BPTT over one long window with and without segment checkpointing: peak memory and gradient."""
+    with flush_denormals():
+        return _recompute(args, device)
+
+
+def _recompute(args, device) -> dict:
     length, hidden, out = args.recompute_length, args.memory_hidden, {}
     for cell in ("rnn",):
         runs = {}

@@ -31,7 +31,7 @@ class RecurrentLayer(nn.Module):
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
         """Input projections for the whole window at once: token ids [T, B] or features [T, B, I]."""
         if self.one_hot:
-            return F.embedding(inputs, self.weight_ih.t()) + self.bias_ih
+            return F.embedding(inputs, self.weight_ih.t() + self.bias_ih)  # gather from a contiguous [V, G] table
         return F.linear(inputs, self.weight_ih, self.bias_ih)
 
     def forward(self, inputs, state, xi):

@@ -8,10 +8,11 @@ gradient with one GEMM over the window. Gate layouts follow PyTorch's nn.RNN/GRU
 are interchangeable with the built-in modules.
 
 Speed: the step loops call only in-place or ``out=`` operators on buffers allocated once per
-window, on per-step views made in one `unbind` call each (no per-step allocation, slicing or host
-sync). The per-step matmuls multiply by contiguous W^T (forward) and W (backward): BLAS runs
-[32 x 512] @ [512 x 512] with a transposed operand several times slower. Public ops only, so the
-same code runs on CPU, CUDA and MPS.
+window, on per-step views made in one `unbind` call each (no slicing or host sync per step). The
+backward's per-step matmul multiplies by W as stored; the forward's goes through a *path*:
+`portable` (addmm by a contiguous W^T: public ops, any device; BLAS runs [32 x 512] @ [512 x 512]
+with a transposed operand several times slower) or `mkl` (MKL's packed sgemm, a private op, for
+CPU float32 weights from PACK_MIN_WEIGHT elements, after a one-time self-check).
 
 Memory: the backward overwrites the incoming output gradient with the pre-activation gradient
 when autograd hands over its only reference (see `_grad_buffer`), so full BPTT keeps the hidden
@@ -243,11 +244,15 @@ class ElmanRNN(torch.autograd.Function):
         hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
         hs[0] = h0
         path.prefill(hs[1:], gx, bias)  # pre-activations, turned into h_t step by step
-        h, x = hs.unbind(0), gx.unbind(0)
-        for t in range(len(x)):
-            path.step(h[t + 1], h[t], x[t], w)
-            if not linear:
-                h[t + 1].tanh_()
+        h = hs.unbind(0)
+        if path.packed or linear:
+            for prev, cur, x in zip(h, h[1:], gx.unbind(0)):
+                path.step(cur, prev, x, w)
+                if not linear:
+                    cur.tanh_()
+        else:  # the hot loop of the portable path, two calls per step
+            for prev, cur in zip(h, h[1:]):
+                cur.addmm_(prev, w).tanh_()
         ctx.save_for_backward(hs, weight)
         ctx.xi, ctx.linear = xi, linear
         return hs[1:], h[-1].clone()
@@ -259,12 +264,12 @@ class ElmanRNN(torch.autograd.Function):
         da = _grad_buffer(dout, hs[1:])  # dL/dh_t, overwritten in place by dL/da_t (the pre-activation)
         if dlast is not None:
             da[-1] += dlast
-        h, d = hs.unbind(0), da.unbind(0)
+        h, d, tanh_backward = hs.unbind(0), da.unbind(0), None if ctx.linear else _tanh_backward
         for t in range(steps - 1, -1, -1):
-            if t + 1 < steps and xi[t + 1] != 0.0:
-                d[t].addmm_(d[t + 1], weight, alpha=xi[t + 1])  # + xi_{t+1} dL/da_{t+1} W
-            if not ctx.linear:
-                _tanh_backward(d[t], h[t + 1], grad_input=d[t])
+            if t + 1 < steps and xi[t + 1] != 0.0:  # + xi_{t+1} dL/da_{t+1} W
+                d[t].addmm_(d[t + 1], weight) if xi[t + 1] == 1.0 else d[t].addmm_(d[t + 1], weight, alpha=xi[t + 1])
+            if tanh_backward:
+                tanh_backward(d[t], h[t + 1], grad_input=d[t])
         dh0 = torch.mm(d[0], weight).mul_(xi[0]) if ctx.needs_input_grad[1] else None
         return da, dh0, _weight_grad(da, hs), da.sum((0, 1)), None, None
 

@@ -59,3 +59,9 @@ def on_sigint(handler):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def flush_denormals() -> None:
+    """Treat denormal floats as zero on the CPU: long backward passes drive gradients into them, and
+    x86 computes on them ~100x slower (one full-BPTT step over 1000 steps: 24 s instead of 0.2 s)."""
+    torch.set_flush_denormal(True)

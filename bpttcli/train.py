@@ -22,7 +22,7 @@ from .errors import BpttError, CheckpointError, ConfigError, TrainingDiverged
 from .fsutil import atomic_write_text, ensure_dir
 from .model import CharRNN, detach_state
 from .recurrence import GATES
-from .runtime import on_sigint, resolve_device, seed_everything, tune_allocator
+from .runtime import flush_denormals, on_sigint, resolve_device, seed_everything, tune_allocator
 from .strategies import make_strategy
 from .ui import LiveView, compact, console
 from .vocab import Vocab
@@ -108,6 +108,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         if self.device.type == "cpu":
             tune_allocator()
+            flush_denormals()
         self.generator = seed_everything(config.train.seed)
         self.data = load_dataset(config, quiet=quiet)
         if resume and self.data.vocab != Vocab.from_list(resume.get("vocab", [])):

@@ -75,3 +75,10 @@ def test_on_sigint_outside_the_main_thread_leaves_signals_alone():
 def test_tune_allocator_is_harmless():
     tune_allocator()
     assert torch.ones(1 << 16).sum() == 1 << 16
+
+
+def test_flush_denormals_makes_cpu_arithmetic_treat_them_as_zero():
+    from bpttcli.runtime import flush_denormals
+
+    flush_denormals()
+    assert float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
