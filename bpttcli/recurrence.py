@@ -267,7 +267,7 @@ class ElmanRNN(torch.autograd.Function):
         h, d, tanh_backward = hs.unbind(0), da.unbind(0), None if ctx.linear else _tanh_backward
         for t in range(steps - 1, -1, -1):
             if t + 1 < steps and xi[t + 1] != 0.0:  # + xi_{t+1} dL/da_{t+1} W
-                d[t].addmm_(d[t + 1], weight) if xi[t + 1] == 1.0 else d[t].addmm_(d[t + 1], weight, alpha=xi[t + 1])
+                d[t].addmm_(d[t + 1], weight, alpha=xi[t + 1])
             if tanh_backward:
                 tanh_backward(d[t], h[t + 1], grad_input=d[t])
         dh0 = torch.mm(d[0], weight).mul_(xi[0]) if ctx.needs_input_grad[1] else None
