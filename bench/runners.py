@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from bpttcli.config import load_config
-from bpttcli.train import Trainer, load_dataset
+from bpttcli.builders import load_dataset
+from bpttcli.train import Trainer
 
 from baseline import BaselineLoop
 

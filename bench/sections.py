@@ -142,8 +142,8 @@ def _result(process: subprocess.Popen) -> dict:
 def allocator_probe(args, data, device, tuned: bool) -> dict:
     """In this process: tokens/s and minor page faults per step of a few trainer configurations."""
     if not tuned:
-        import bpttcli.train
-        bpttcli.train.tune_allocator = lambda: None  # the trainer would tune it
+        import bpttcli.builders
+        bpttcli.builders.tune_allocator = lambda: None  # the trainer would tune it
     hidden, out = max(args.hidden), {}
     configs = [("rnn", "truncated")] if args.quick else [("rnn", "truncated"), ("lstm", "truncated"), ("rnn", "full")]
     for cell, strategy in configs:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -31,12 +30,12 @@ from . import theory
 from .config import Config, load_config
 from .data import eval_windows
 from .errors import ConfigError, DataError
-from .fsutil import atomic_write_text, ensure_dir
+from .fsutil import atomic_write_text, ensure_dir, timestamped_dir
 from .model import CharRNN, State, detach_state
 from .plots import Panel, Series, plot_panels
 from .recurrence import Cell
 from .runtime import seed_everything
-from .train import build_model, load_dataset, load_trained
+from .builders import build_model, load_dataset, load_trained
 from .unrolled import unrolled_forward
 from .vocab import Vocab
 
@@ -69,7 +68,7 @@ def mode(target: Path | None, init: bool, theory: bool) -> str:
 
 def default_out() -> Path:
     """analysis/<time>: where --init and --theory write by default."""
-    return Path("analysis") / f"{datetime.now():%Y%m%d-%H%M%S}"
+    return timestamped_dir("analysis")
 
 
 def load_checkpoint(target: Path, data: Path | None = None) -> tuple[Config, CharRNN, Vocab, Path]:

@@ -32,11 +32,12 @@ from . import checkpoint
 from .config import Config, Partition, load_config, to_dict
 from .data import Dataset, RandomWindows
 from .engine import segments, window_gradient
-from .errors import ConfigError
 from .fsutil import atomic_write_text, ensure_dir
 from .runtime import resolve_device, seed_everything
 from .strategies import Full, RandomTruncation, Schedule, Strategy, StrategyName, make_strategy
-from .train import Interrupted, build_model, load_dataset, train
+from .builders import build_model, load_dataset
+from .errors import ConfigError, Interrupted
+from .train import train
 from .ui import LiveView, compact
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "compare.yaml"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from rich.table import Table
 
 from .engine import segments
 from .errors import ConfigError
-from .fsutil import atomic_write_text, ensure_dir
+from .fsutil import atomic_write_text, ensure_dir, timestamped_dir
 from .plots import Series, plot_lines
 from .strategies import Schedule, Strategy, StrategyName, make_strategy
 from .ui import LiveView
@@ -173,4 +172,4 @@ def save(runs: list[Run], task: Task, episode: int, out: Path) -> tuple[Path, Pa
 
 def default_out() -> Path:
     """analysis/<time>-influence-balancing, beside `bptt analyze`'s outputs."""
-    return Path("analysis") / f"{datetime.now():%Y%m%d-%H%M%S}-influence-balancing"
+    return timestamped_dir("analysis", "influence-balancing")

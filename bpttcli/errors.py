@@ -35,3 +35,15 @@ class TrainingDiverged(BpttError):
     """A non-finite loss or gradient stopped training."""
 
     exit_code = 6
+
+
+class Interrupted(BpttError):
+    """Ctrl-C stopped the run after saving a checkpoint to resume from."""
+
+    exit_code = 130
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none: the 'why' of a one-line error."""
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__

@@ -6,6 +6,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -21,6 +22,11 @@ def _file_mode(path: Path) -> int:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return 0o666 & ~_UMASK
+
+
+def timestamped_dir(parent: str, suffix: str = "") -> Path:
+    """`parent/<YYYYmmdd-HHMMSS>[-suffix]`: the default output directory of every command that writes one."""
+    return Path(parent) / (f"{datetime.now():%Y%m%d-%H%M%S}" + (f"-{suffix}" if suffix else ""))
 
 
 def ensure_dir(path: Path, error: type[BpttError] = BpttError) -> Path:

@@ -20,7 +20,7 @@ from .corpus import preprocess
 from .errors import ConfigError
 from .model import CharRNN
 from .runtime import resolve_device
-from .train import load_trained
+from .builders import load_trained
 from .vocab import Vocab
 
 MOST_FREQUENT = 1  # vocabulary ids follow <unk> in order of falling frequency

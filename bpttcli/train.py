@@ -7,65 +7,23 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
-from .config import Config, LrSchedule, OptimizerName, Partition, dump_yaml, from_dict, load_config, to_dict
-from .corpus import preprocess, read_text
-from .data import Dataset, RandomWindows, SequentialStreams, build_dataset
-from .download import fetch
+from .builders import build_model, build_optimizer, load_dataset, prepare_process
+from .config import Config, LrSchedule, Partition, dump_yaml, from_dict, load_config, to_dict
+from .data import RandomWindows, SequentialStreams
 from .engine import evaluate, forward_loss
-from .errors import BpttError, CheckpointError, ConfigError, TrainingDiverged
-from .fsutil import atomic_write_text, ensure_dir
-from .model import CharRNN, detach_state
+from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, reason
+from .fsutil import atomic_write_text, ensure_dir, timestamped_dir
+from .model import detach_state
 from .recurrence import GATES
-from .runtime import flush_denormals, on_sigint, resolve_device, seed_everything, tune_allocator
+from .runtime import on_sigint
 from .strategies import make_strategy
-from .ui import LiveView, compact, console
+from .ui import LiveView, compact
 from .vocab import Vocab
-
-
-class Interrupted(BpttError):
-    """Ctrl-C stopped the run after saving a checkpoint to resume from."""
-
-    exit_code = 130
-
-
-def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False) -> Dataset:
-    """Read (downloading if needed), preprocess, tokenize and split the corpus."""
-    d = config.data
-    path = Path(d.path) if d.path else fetch(d.url, d.sha1, d.data_dir, show_progress=not quiet, console=console)
-    text = preprocess(read_text(path), d.preprocess)
-    return build_dataset(text, d.batch_size, config.strategy.num_steps, d.val_fraction, vocab)
-
-
-def build_model(config: Config, vocab_size: int) -> CharRNN:
-    m = config.model
-    return CharRNN(vocab_size, m.cell, m.hidden, m.layers, m.dropout, m.embedding)
-
-
-def load_trained(target: Path, which: str = "best") -> tuple[Config, CharRNN, Vocab, Path]:
-    """The config, model (on the CPU) and vocabulary of a run directory's `<which>.pt` or a checkpoint file."""
-    path = checkpoint.resolve(target, which)
-    payload = checkpoint.load(path)
-    try:
-        config, vocab = from_dict(payload["config"]), Vocab.from_list(payload["vocab"])
-        model = build_model(config, len(vocab))
-        model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} does not hold a bptt model ({reason}); use a checkpoint from bptt train") from None
-    return config, model, vocab, path
-
-
-def build_optimizer(config: Config, model: CharRNN) -> torch.optim.Optimizer:
-    o = config.optim
-    if o.optimizer is OptimizerName.adam:
-        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
 def activation_bytes(config: Config, steps: int) -> int:
@@ -81,7 +39,7 @@ def perplexity(loss: float) -> float:
 
 
 def default_run_dir(config: Config) -> Path:
-    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{config.strategy.name.value}"
+    return timestamped_dir("runs", config.strategy.name.value)
 
 
 @dataclass
@@ -105,11 +63,7 @@ class Trainer:
         self, config: Config, run_dir: Path, resume: dict | None = None, quiet: bool = False, view: LiveView | None = None
     ):
         self.config, self.run_dir, self.quiet, self.external_view = config, run_dir, quiet, view
-        self.device = resolve_device(config.train.device)
-        if self.device.type == "cpu":
-            tune_allocator()
-            flush_denormals()
-        self.generator = seed_everything(config.train.seed)
+        self.device, self.generator = prepare_process(config)
         self.data = load_dataset(config, quiet=quiet)
         if resume and self.data.vocab != Vocab.from_list(resume.get("vocab", [])):
             raise CheckpointError("resume: the corpus's vocabulary differs from the checkpoint's; use the same --data")
@@ -398,8 +352,7 @@ class Trainer:
             self.norm_history = p["norm_history"].tolist()
             self.segment_stats, self.history, self.last_train = p["segment_stats"], p["history"], p["last_train"]
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"checkpoint does not match this model or version: {reason}") from None
+            raise CheckpointError(f"checkpoint does not match this model or version: {reason(exc)}") from None
 
     def _announce(self) -> None:
         c, b = self.config, self.batcher

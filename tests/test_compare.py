@@ -10,7 +10,7 @@ import torch
 
 from bpttcli import compare as lib
 from bpttcli.errors import ConfigError
-from bpttcli.train import Interrupted
+from bpttcli.errors import Interrupted
 
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
         "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n") * 8

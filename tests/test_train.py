@@ -15,7 +15,9 @@ import torch
 
 from bpttcli import checkpoint
 from bpttcli.config import load_config, read_yaml, to_dict
-from bpttcli.train import Interrupted, load_dataset, resume, train
+from bpttcli.builders import load_dataset
+from bpttcli.errors import Interrupted
+from bpttcli.train import resume, train
 
 TEXT = (
     "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "

@@ -1,0 +1,64 @@
+"""What every command builds from a config: the process set-up, the dataset, the model, the optimizer.
+
+`train`, `sample`, `analyze`, `compare` and the benchmark share these, so none of them needs the
+training loop to load a corpus or a trained model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .config import Config, OptimizerName, from_dict
+from .corpus import preprocess, read_text
+from .data import Dataset, build_dataset
+from .download import fetch
+from .errors import CheckpointError, reason
+from .model import CharRNN
+from .runtime import flush_denormals, resolve_device, seed_everything, tune_allocator
+from .ui import console
+from .vocab import Vocab
+
+
+def prepare_process(config: Config) -> tuple[torch.device, torch.Generator]:
+    """Pick the device, tune the CPU (allocator, denormals) and seed; returns the device and the data generator."""
+    device = resolve_device(config.train.device)
+    if device.type == "cpu":
+        tune_allocator()
+        flush_denormals()
+    return device, seed_everything(config.train.seed)
+
+
+def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False) -> Dataset:
+    """Read (downloading if needed), preprocess, tokenize and split the corpus."""
+    d = config.data
+    path = Path(d.path) if d.path else fetch(d.url, d.sha1, d.data_dir, show_progress=not quiet, console=console)
+    text = preprocess(read_text(path), d.preprocess)
+    return build_dataset(text, d.batch_size, config.strategy.num_steps, d.val_fraction, vocab)
+
+
+def build_model(config: Config, vocab_size: int) -> CharRNN:
+    m = config.model
+    return CharRNN(vocab_size, m.cell, m.hidden, m.layers, m.dropout, m.embedding)
+
+
+def build_optimizer(config: Config, model: CharRNN) -> torch.optim.Optimizer:
+    o = config.optim
+    if o.optimizer is OptimizerName.adam:
+        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def load_trained(target: Path, which: str = "best") -> tuple[Config, CharRNN, Vocab, Path]:
+    """The config, model (on the CPU) and vocabulary of a run directory's `<which>.pt` or a checkpoint file."""
+    path = checkpoint.resolve(target, which)
+    payload = checkpoint.load(path)
+    try:
+        config, vocab = from_dict(payload["config"]), Vocab.from_list(payload["vocab"])
+        model = build_model(config, len(vocab))
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not hold a bptt model ({reason(exc)}); use a checkpoint from bptt train") from None
+    return config, model, vocab, path
