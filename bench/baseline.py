@@ -48,7 +48,7 @@ class BaselineLoop:
 
     def __init__(
         self, cell: str, hidden: int, strategy: str, tokens: torch.Tensor, vocab_size: int,
-        device: torch.device, batch_size: int = 32, num_steps: int = 35, lr: float = 1.0, seed: int = 0,
+        device: torch.device, batch_size: int = 32, tau: int = 35, lr: float = 1.0, seed: int = 0,
     ):
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
@@ -56,9 +56,9 @@ class BaselineLoop:
         self.net = BuiltinLM(cell, vocab_size, hidden).to(device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr)
         random_windows = StrategyName(strategy) is StrategyName.full
-        cls = RandomWindows if random_windows else SequentialStreams
-        self.batcher = cls(tokens, batch_size, num_steps, self.generator)
-        self.strategy = make_strategy(StrategyName(strategy), num_steps, self.batcher.carries_state)
+        self.batcher = (RandomWindows(tokens, batch_size, self.generator) if random_windows
+                        else SequentialStreams(tokens, batch_size, tau, self.generator))
+        self.strategy = make_strategy(StrategyName(strategy), tau, self.batcher.carries_state)
         self.batch_size = batch_size
         self.batcher.start_epoch()
         self.state = self.net.begin_state(batch_size)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -18,39 +17,27 @@ from baseline import BaselineLoop
 PARTITION = {"full": "random", "truncated": "sequential", "random": "sequential"}
 
 
-class _NullView:
-    """Stands in for the trainer's progress display."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
 def trainer_config(data: Path, cell: str, hidden: int, strategy: str, device: str, steps: int = 35, batch: int = 32):
     return load_config(None, {
         "data.path": str(data), "data.partition": PARTITION[strategy], "data.batch_size": batch,
-        "model.cell": cell, "model.hidden": hidden, "strategy.name": strategy, "strategy.num_steps": steps,
+        "model.cell": cell, "model.hidden": hidden, "strategy.name": strategy, "strategy.tau": steps,
         "optim.optimizer": "sgd", "optim.lr": 1.0, "optim.clip": 1.0, "train.epochs": 10**9,
         "train.device": device, "train.eval_every": 0,
     })
 
 
 class TrainerLoop:
-    """`Trainer._train_step` itself: strategy segment, batch, forward_loss, backward, clip, SGD step."""
+    """`Trainer.step` itself: strategy segment, batch, forward_loss, backward, clip, SGD step, log line when due."""
 
     def __init__(self, data: Path, cell: str, hidden: int, strategy: str, device: str):
         self._dir = tempfile.TemporaryDirectory(prefix="bptt-bench-")
-        view = _NullView()
-        self.trainer = Trainer(trainer_config(data, cell, hidden, strategy, device), Path(self._dir.name), quiet=True, view=view)
-        self.trainer.view, self.trainer.started = view, time.monotonic()
+        self.trainer = Trainer(trainer_config(data, cell, hidden, strategy, device), Path(self._dir.name), quiet=True)
 
     def step(self) -> int:
-        t, before = self.trainer, self.trainer.tokens
-        if not t._should_continue():
+        before = self.trainer.tokens
+        if not self.trainer.step():
             raise RuntimeError("the benchmark's trainer ran out of epochs")
-        t._train_step()
-        if len(t.interval.norms) >= 1000:  # what _flush would do, without its file and display
-            t.interval = type(t.interval)()
-        return t.tokens - before
+        return self.trainer.tokens - before
 
 
 def baseline_loop(data: Path, cell: str, hidden: int, strategy: str, device: str) -> BaselineLoop:

@@ -36,7 +36,7 @@ def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False
     d = config.data
     path = Path(d.path) if d.path else fetch(d.url, d.sha1, d.data_dir, show_progress=not quiet, console=console)
     text = preprocess(read_text(path), d.preprocess)
-    return build_dataset(text, d.batch_size, config.strategy.num_steps, d.val_fraction, vocab)
+    return build_dataset(text, d.batch_size, config.strategy.tau, d.val_fraction, vocab)
 
 
 def build_model(config: Config, vocab_size: int) -> CharRNN:

@@ -96,6 +96,24 @@ def download(
     stdout.print(f"{path} ({path.stat().st_size:,} bytes, verified)" if sha1 != "" else str(path))
 
 
+TRAIN_KEYS = {  # train's option -> the config key it sets
+    "strategy": "strategy.name", "tau": "strategy.tau", "schedule": "strategy.schedule",
+    "model": "model.cell", "hidden": "model.hidden", "layers": "model.layers", "dropout": "model.dropout",
+    "embedding": "model.embedding", "optimizer": "optim.optimizer", "lr": "optim.lr", "clip": "optim.clip",
+    "weight_decay": "optim.weight_decay", "lr_schedule": "optim.schedule", "batch_size": "data.batch_size",
+    "partition": "data.partition", "data": "data.path", "preprocess": "data.preprocess",
+    "val_fraction": "data.val_fraction", "epochs": "train.epochs", "max_steps": "train.max_steps",
+    "max_time": "train.max_time", "eval_every": "train.eval_every", "log_every": "train.log_every",
+    "seed": "train.seed", "device": "train.device", "recompute": "train.recompute",
+}
+ANALYZE_KEYS = {"model": "model.cell", "hidden": "model.hidden", "layers": "model.layers"}  # with --init
+
+
+def option_flags(keys: dict[str, str], options: dict) -> dict:
+    """{config key: value} for the options given (None: not given), paths as strings."""
+    return {key: str(v) if isinstance(v, Path) else v for name, key in keys.items() if (v := options[name]) is not None}
+
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/default.yaml.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any key: --set optim.lr=0.5 (repeatable).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Train on this UTF-8 text file instead of the book.")]
@@ -109,7 +127,7 @@ def train(
         "full: exact gradient; with sequential partitioning one segment per epoch (the chapter's "
         "'computationally infeasible' case, memory grows with the text) · truncated: cut every "
         "--num-steps · random: randomized truncation, unbiased."))] = None,
-    num_steps: Annotated[Optional[int], typer.Option("--num-steps", "-t", help="tau: window / mean segment length.")] = None,
+    tau: Annotated[Optional[int], typer.Option("--num-steps", "-t", help="tau: nominal segment length (truncated's period, random's mean) and loss normaliser.")] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Cut schedule of the random strategy.")] = None,
     model: Annotated[Optional[Cell], typer.Option(help="Recurrent cell.")] = None,
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer.")] = None,
@@ -146,16 +164,7 @@ def train(
     from .train import resume as resume_run
     from .train import train as train_run
 
-    flags = {
-        "strategy.name": strategy, "strategy.num_steps": num_steps, "strategy.schedule": schedule,
-        "model.cell": model, "model.hidden": hidden, "model.layers": layers, "model.dropout": dropout,
-        "model.embedding": embedding, "optim.optimizer": optimizer, "optim.lr": lr, "optim.clip": clip,
-        "optim.weight_decay": weight_decay, "optim.schedule": lr_schedule, "data.batch_size": batch_size,
-        "data.partition": partition, "data.path": str(data) if data else None, "data.preprocess": preprocess,
-        "data.val_fraction": val_fraction, "train.epochs": epochs, "train.max_steps": max_steps,
-        "train.max_time": max_time, "train.eval_every": eval_every, "train.log_every": log_every,
-        "train.seed": seed, "train.device": device, "train.recompute": recompute,
-    }
+    flags = option_flags(TRAIN_KEYS, locals())
     if resume is not None and (config or run_dir):
         from .errors import ConfigError
 
@@ -259,8 +268,7 @@ def analyze(
         stdout.print(table)
         stdout.print(f"wrote {png}")
         return
-    model_flags = {"model.cell": model, "model.hidden": hidden, "model.layers": layers}
-    result, out_dir = lib.run(target, data, model_flags, seed, horizon, windows, streams, out)
+    result, out_dir = lib.run(target, data, option_flags(ANALYZE_KEYS, locals()), seed, horizon, windows, streams, out)
     stdout.print(lib.table(result))
     stdout.print(f"effective horizon: {lib.horizon_text(result)}")
     stdout.print(f"wrote {out_dir / 'analysis.json'} and {out_dir / 'analysis.png'}")

@@ -268,11 +268,11 @@ def gradient_quality(config: Config, variants: list[str], seed: int, root: Path,
                      windows: int = WINDOWS, draws: int = DRAWS) -> dict:
     """Each strategy's gradient against exact BPTT on fixed windows, at the initial and its trained weights."""
     device = resolve_device(config.train.device)
-    tau = config.strategy.num_steps
+    tau = config.strategy.tau
     length = min(WINDOW_FACTOR * tau, len(data.train) - 1)
     seed_everything(seed)
     model = build_model(config, len(data.vocab)).to(device).eval()  # the runs' initial weights; no dropout
-    batcher = RandomWindows(data.train, config.data.batch_size, length, torch.Generator().manual_seed(seed))
+    batcher = RandomWindows(data.train, config.data.batch_size, torch.Generator().manual_seed(seed))
     fixed = [tuple(t.to(device) for t in batcher.next(length)) for _ in range(windows)]
     strategies = {v: make_strategy(VARIANTS[v][0], tau, True, VARIANTS[v][1], config.strategy.alpha) for v in variants}
     generator = torch.Generator().manual_seed(seed)
@@ -445,7 +445,7 @@ def describe(config: Config) -> str:
     m, t = config.model, config.train
     budget = (f"{t.max_time:g} s" if t.max_time else f"{compact(t.max_tokens)} chars" if t.max_tokens
               else f"{t.epochs} epochs")
-    return (f"{m.cell.value.upper()}-{m.hidden}x{m.layers} · tau {config.strategy.num_steps} · "
+    return (f"{m.cell.value.upper()}-{m.hidden}x{m.layers} · tau {config.strategy.tau} · "
             f"batch {config.data.batch_size} · {config.optim.optimizer.value} lr {config.optim.lr:g} · "
             f"{budget} per run")
 

@@ -66,7 +66,7 @@ class ModelConfig:
 @dataclass
 class StrategyConfig:
     name: StrategyName = StrategyName.truncated
-    num_steps: int = 35  # tau: the window, and the mean segment length of `random`
+    tau: int = 35  # τ: the nominal segment length (truncated's, random's mean) and the loss normaliser B·τ
     schedule: Schedule = Schedule.geometric
     alpha: float = 4.0  # polytail exponent
 
@@ -182,8 +182,20 @@ def to_dict(config) -> dict:
     return plain
 
 
+RENAMED_KEYS = {("strategy", "num_steps"): "tau"}  # keys of older configs and checkpoints
+
+
+def _upgrade(values: dict) -> dict:
+    """Rename keys that older versions wrote, so their configs and checkpoints still load."""
+    for (section, old), new in RENAMED_KEYS.items():
+        node = values.get(section)
+        if isinstance(node, dict) and old in node and new not in node:
+            node[new] = node.pop(old)
+    return values
+
+
 def from_dict(values: dict) -> Config:
-    return validate(_build(Config, values))
+    return validate(_build(Config, _upgrade(copy.deepcopy(values))))
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
@@ -227,7 +239,7 @@ def load_config(
     path: Path | None = None, flags: dict | None = None, sets: list[str] = (), base: dict | None = None
 ) -> Config:
     """`base` or the YAML file (if any), then flags (dotted key -> value, None skipped), then --set items."""
-    values = copy.deepcopy(base) if base is not None else read_yaml(path) if path else {}
+    values = _upgrade(copy.deepcopy(base) if base is not None else read_yaml(path) if path else {})
     overrides = [(k, v) for k, v in (flags or {}).items() if v is not None] + [parse_set(s) for s in sets]
     for key, value in overrides:
         _set_dotted(values, key, value.value if isinstance(value, enum.Enum) else value)
@@ -246,7 +258,7 @@ def validate(c: Config) -> Config:
     _check(c.model.layers > 0, "model.layers", "> 0", c.model.layers)
     _check(0 <= c.model.dropout < 1, "model.dropout", "in [0, 1)", c.model.dropout)
     _check(c.model.embedding >= 0, "model.embedding", ">= 0 (0 = one-hot)", c.model.embedding)
-    _check(c.strategy.num_steps > 0, "strategy.num_steps", "> 0", c.strategy.num_steps)
+    _check(c.strategy.tau > 0, "strategy.tau", "> 0", c.strategy.tau)
     _check(c.strategy.alpha > 2, "strategy.alpha", "> 2", c.strategy.alpha)
     _check(c.optim.lr > 0, "optim.lr", "> 0", c.optim.lr)
     _check(c.optim.clip >= 0, "optim.clip", ">= 0 (0 disables clipping)", c.optim.clip)

@@ -34,31 +34,31 @@ class Dataset:
     val: torch.Tensor  # 1-D token ids, the last `val_fraction` of the stream
 
 
-def min_corpus_length(batch_size: int, num_steps: int, val_fraction: float) -> int:
+def min_corpus_length(batch_size: int, window: int, val_fraction: float) -> int:
     """Fewest characters that give one training batch of one window (and a validation window)."""
-    lo = hi = batch_size * num_steps + 1
-    while not _split_fits(hi, batch_size, num_steps, val_fraction):
+    lo = hi = batch_size * window + 1
+    while not _split_fits(hi, batch_size, window, val_fraction):
         lo, hi = hi + 1, 2 * hi
     while lo < hi:  # _split_fits is monotone in n: binary search for the first n that fits
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _split_fits(mid, batch_size, num_steps, val_fraction) else (mid + 1, hi)
+        lo, hi = (lo, mid) if _split_fits(mid, batch_size, window, val_fraction) else (mid + 1, hi)
     return lo
 
 
-def _split_fits(n: int, batch_size: int, num_steps: int, val_fraction: float) -> bool:
+def _split_fits(n: int, batch_size: int, window: int, val_fraction: float) -> bool:
     n_val = int(n * val_fraction)
-    return n - n_val >= batch_size * num_steps + 1 and (val_fraction == 0 or n_val >= 2)
+    return n - n_val >= batch_size * window + 1 and (val_fraction == 0 or n_val >= 2)
 
 
 def build_dataset(
-    text: str, batch_size: int, num_steps: int, val_fraction: float, vocab: Vocab | None = None
+    text: str, batch_size: int, window: int, val_fraction: float, vocab: Vocab | None = None
 ) -> Dataset:
     """Tokenize `text` and split off the last `val_fraction` as validation (contiguous, no overlap)."""
-    if not _split_fits(len(text), batch_size, num_steps, val_fraction):
-        need = min_corpus_length(batch_size, num_steps, val_fraction)
+    if not _split_fits(len(text), batch_size, window, val_fraction):
+        need = min_corpus_length(batch_size, window, val_fraction)
         raise DataError(
             f"corpus has {len(text)} characters after preprocessing but batch size {batch_size}, "
-            f"window {num_steps} and validation fraction {val_fraction:g} need at least {need}; "
+            f"window {window} and validation fraction {val_fraction:g} need at least {need}; "
             f"use a longer text or lower --batch-size/--num-steps"
         )
     vocab = vocab or Vocab.build(text)
@@ -72,10 +72,11 @@ class SequentialStreams:
 
     carries_state = True
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, num_steps: int, generator: torch.Generator):
+    def __init__(self, tokens: torch.Tensor, batch_size: int, tau: int, generator: torch.Generator):
+        """Each epoch starts at a random offset in [0, tau), as the book's sequential iterator does."""
         self.tokens, self.batch_size, self.generator = tokens, batch_size, generator
-        slack = len(tokens) - 1 - batch_size * num_steps
-        self.max_offset = min(num_steps - 1, slack)
+        slack = len(tokens) - 1 - batch_size * tau
+        self.max_offset = min(tau - 1, slack)
         self.offset, self.cursor = 0, 0
         self._layout()
 
@@ -118,7 +119,7 @@ class RandomWindows:
 
     carries_state = False
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, num_steps: int, generator: torch.Generator):
+    def __init__(self, tokens: torch.Tensor, batch_size: int, generator: torch.Generator):
         self.tokens, self.batch_size, self.generator = tokens, batch_size, generator
         self.steps_per_epoch = (len(tokens) - 1) // batch_size
         self.cursor = 0
@@ -144,18 +145,18 @@ class RandomWindows:
         self.cursor = state["cursor"]
 
 
-def eval_windows(tokens: torch.Tensor, batch_size: int, num_steps: int):
+def eval_windows(tokens: torch.Tensor, batch_size: int, window: int):
     """Sequential windows over `tokens` for evaluation: every target predicted exactly once.
 
     The (len(tokens) - 1) % streams targets left over after the streams continue the last
     stream, in windows one stream wide (the caller keeps that stream's state).
     """
-    streams = max(1, min(batch_size, (len(tokens) - 1) // num_steps))
+    streams = max(1, min(batch_size, (len(tokens) - 1) // window))
     steps = (len(tokens) - 1) // streams
     x = tokens[: streams * steps].view(streams, steps).t()
     y = tokens[1 : 1 + streams * steps].view(streams, steps).t()
-    for start in range(0, steps, num_steps):
-        yield x[start : start + num_steps], y[start : start + num_steps]
-    for start in range(streams * steps, len(tokens) - 1, num_steps):
-        end = min(start + num_steps, len(tokens) - 1)
+    for start in range(0, steps, window):
+        yield x[start : start + window], y[start : start + window]
+    for start in range(streams * steps, len(tokens) - 1, window):
+        end = min(start + window, len(tokens) - 1)
         yield tokens[start:end, None], tokens[start + 1 : end + 1, None]

@@ -60,13 +60,13 @@ def window_gradient(
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, tokens: torch.Tensor, batch_size: int, num_steps: int) -> float:
+def evaluate(model: CharRNN, tokens: torch.Tensor, batch_size: int, window: int) -> float:
     """Mean cross-entropy per character of `tokens`, in sequential windows that carry the state."""
     was_training = model.training
     model.eval()
     tokens = tokens.to(model.head.weight.device)
     state, total, count = None, torch.zeros((), device=tokens.device), 0
-    for x, y in eval_windows(tokens, batch_size, num_steps):
+    for x, y in eval_windows(tokens, batch_size, window):
         width = x.shape[1]  # the final windows may continue only the last streams
         state = model.init_state(width) if state is None else [tuple(t[-width:] for t in layer) for layer in state]
         loss, state = _segment_loss(model, x, y, state, None)

@@ -42,9 +42,9 @@ class Segment:
 
 
 class Strategy:
-    """Base class: `mean_length` normalises the loss so each token weighs 1/(B * mean_length)."""
+    """Base class. `tau` is the nominal segment length and the loss normaliser: each token weighs 1/(B * tau)."""
 
-    mean_length: float
+    tau: int
     whole_epoch = False  # True when one segment spans each stream's whole epoch
 
     def next_segment(self, available: int, generator: torch.Generator) -> Segment:
@@ -54,8 +54,8 @@ class Strategy:
 class Full(Strategy):
     """Exact gradient over the whole window; `window=None` means everything still available."""
 
-    def __init__(self, num_steps: int, window: int | None = None):
-        self.mean_length, self.window = num_steps, window
+    def __init__(self, tau: int, window: int | None = None):
+        self.tau, self.window = tau, window
         self.whole_epoch = window is None
 
     def next_segment(self, available: int, generator: torch.Generator) -> Segment:
@@ -63,27 +63,27 @@ class Full(Strategy):
 
 
 class Truncated(Strategy):
-    """Regular truncation: a cut every `num_steps` steps."""
+    """Regular truncation: a cut every `tau` steps."""
 
-    def __init__(self, num_steps: int):
-        self.mean_length = num_steps
+    def __init__(self, tau: int):
+        self.tau = tau
 
     def next_segment(self, available: int, generator: torch.Generator) -> Segment:
-        return Segment(min(self.mean_length, available))
+        return Segment(min(self.tau, available))
 
 
 class RandomTruncation(Strategy):
-    """Randomized truncation with a cut probability schedule of mean segment length `num_steps`."""
+    """Randomized truncation with a cut probability schedule of mean segment length `tau`."""
 
-    def __init__(self, num_steps: int, schedule: Schedule = Schedule.geometric, alpha: float = 4.0):
+    def __init__(self, tau: int, schedule: Schedule = Schedule.geometric, alpha: float = 4.0):
         if Schedule(schedule) is Schedule.polytail and alpha <= 2:
             raise ValueError("polytail needs alpha > 2 for a finite mean segment length")
-        self.mean_length, self.schedule, self.alpha = num_steps, Schedule(schedule), alpha
+        self.tau, self.schedule, self.alpha = tau, Schedule(schedule), alpha
         self._survival = torch.ones(1, dtype=torch.float64)  # S[k] = P(length > k)
 
     def cut_probability(self, k: torch.Tensor) -> torch.Tensor:
         """c_k: the probability of a cut right after the k-th step of a segment (k >= 1)."""
-        tau = float(self.mean_length)
+        tau = float(self.tau)
         if self.schedule is Schedule.geometric:
             return torch.full_like(k, 1.0 / tau, dtype=torch.float64)
         return ((self.alpha - 1) / ((self.alpha - 2) * tau + k.double())).clamp(max=1.0)
@@ -119,14 +119,14 @@ class RandomTruncation(Strategy):
 
 
 def make_strategy(
-    name: StrategyName, num_steps: int, carries_state: bool, schedule: Schedule = Schedule.geometric,
+    name: StrategyName, tau: int, carries_state: bool, schedule: Schedule = Schedule.geometric,
     alpha: float = 4.0,
 ) -> Strategy:
     """Build a strategy; `full` spans the epoch when the state carries over, else one window."""
     name = StrategyName(name)
     if name is StrategyName.full:
-        return Full(num_steps, window=None if carries_state else num_steps)
+        return Full(tau, window=None if carries_state else tau)
     if name is StrategyName.truncated:
-        return Truncated(num_steps)
-    return RandomTruncation(num_steps, schedule, alpha)
+        return Truncated(tau)
+    return RandomTruncation(tau, schedule, alpha)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import typing
 
 import pytest
 import typer
@@ -137,3 +138,25 @@ def test_tiny_corpus_end_to_end(bptt, tiny_corpus, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} >= {"train", "eval"}
     assert set(checkpoint.load(run / "last.pt")["vocab"]) == set(WORLD)  # raw keeps every character
+
+
+def _config_keys(cls=None, prefix="") -> set[str]:
+    import dataclasses
+
+    from bpttcli.config import Config
+
+    keys = set()
+    for f in dataclasses.fields(cls or Config):
+        kind = typing.get_type_hints(cls or Config)[f.name]
+        keys |= _config_keys(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else {prefix + f.name}
+    return keys
+
+
+def test_every_option_maps_to_a_real_config_key_and_a_real_parameter():
+    import inspect
+
+    from bpttcli import cli
+
+    for command, keys in ((cli.train, cli.TRAIN_KEYS), (cli.analyze, cli.ANALYZE_KEYS)):
+        assert set(keys.values()) <= _config_keys(), set(keys.values()) - _config_keys()
+        assert set(keys) <= set(inspect.signature(command).parameters)

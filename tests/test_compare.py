@@ -15,7 +15,7 @@ from bpttcli.errors import Interrupted
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
         "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n") * 8
 TAU, BUDGET = 6, 1200
-SETS = ["model.hidden=12", "data.batch_size=3", f"strategy.num_steps={TAU}", "train.eval_every=10",
+SETS = ["model.hidden=12", "data.batch_size=3", f"strategy.tau={TAU}", "train.eval_every=10",
         "train.log_every=5", "train.device=cpu"]
 ALL = ["full", "truncated", "random-geometric", "random-polytail"]
 

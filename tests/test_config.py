@@ -95,7 +95,7 @@ def test_a_huge_number_is_a_config_error():
 
 
 def test_flags_are_validated_too():
-    assert "strategy.num_steps" in config_fails(flags={"strategy.num_steps": -1})
+    assert "strategy.tau" in config_fails(flags={"strategy.tau": -1})
 
 
 @pytest.mark.parametrize("item", ["optim.lr", "=3", " =3"])

@@ -136,7 +136,7 @@ def test_state_dict_round_trip():
 
 @pytest.mark.parametrize("length", [1, T, 17, N - 1, N + 10])
 def test_random_windows_of_any_length_predict_the_next_position(length):
-    x, y = RandomWindows(torch.arange(N), B, T, gen()).next(length)
+    x, y = RandomWindows(torch.arange(N), B, gen()).next(length)
     steps = min(length, N - 1)
     assert x.shape == y.shape == (steps, B)
     assert torch.equal(x - x[0], torch.arange(steps)[:, None].expand(steps, B))  # each column contiguous
@@ -145,14 +145,14 @@ def test_random_windows_of_any_length_predict_the_next_position(length):
 
 def test_random_windows_are_reproducible_by_seed():
     def windows(seed):
-        return stacked(drain(RandomWindows(torch.arange(N), B, T, gen(seed)), (3, 8)))[0]
+        return stacked(drain(RandomWindows(torch.arange(N), B, gen(seed)), (3, 8)))[0]
 
     assert torch.equal(windows(5), windows(5))
     assert not torch.equal(windows(5), windows(6))
 
 
 def test_random_windows_epoch_accounting():
-    r = RandomWindows(torch.arange(N), B, T, gen())
+    r = RandomWindows(torch.arange(N), B, gen())
     assert r.steps_per_epoch == (N - 1) // B
     drain(r, (7,))
     assert r.remaining == 0

@@ -162,5 +162,5 @@ def test_evaluate_is_mean_cross_entropy():
     logp = logits - logits.exp().sum(-1, keepdim=True).log()
     expected = float(-logp.gather(-1, y[..., None]).mean())
     model.train()
-    assert evaluate(model, tokens, batch_size=2, num_steps=3) == pytest.approx(expected, rel=1e-12)
+    assert evaluate(model, tokens, batch_size=2, window=3) == pytest.approx(expected, rel=1e-12)
     assert model.training

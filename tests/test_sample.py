@@ -21,7 +21,7 @@ def tiny_run(root, preprocess: str, device: str = "cpu"):
     corpus = root / "tiny.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     flags = {"data.path": str(corpus), "data.preprocess": preprocess, "model.hidden": 16, "data.batch_size": 2,
-             "strategy.num_steps": 5, "train.max_steps": 30, "train.eval_every": 10, "train.device": device}
+             "strategy.tau": 5, "train.max_steps": 30, "train.eval_every": 10, "train.device": device}
     train(load_config(None, flags), root / "run", quiet=True)
     return root / "run"
 

@@ -95,7 +95,7 @@ def test_make_strategy():
     assert make_strategy(StrategyName.full, 7, carries_state=False).window == 7
     assert isinstance(make_strategy("truncated", 7, True), Truncated)
     random = make_strategy("random", 7, True, Schedule.polytail, alpha=3.5)
-    assert (random.mean_length, random.schedule, random.alpha) == (7, Schedule.polytail, 3.5)
+    assert (random.tau, random.schedule, random.alpha) == (7, Schedule.polytail, 3.5)
     with pytest.raises(ValueError):
         RandomTruncation(7, Schedule.polytail, alpha=2.0)
 

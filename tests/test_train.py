@@ -24,7 +24,7 @@ TEXT = (
     "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n"
 ) * 2
 TIMING = ("tokens_per_s", "elapsed")
-TINY = {"model.hidden": 16, "data.batch_size": 2, "strategy.num_steps": 5, "train.log_every": 4,
+TINY = {"model.hidden": 16, "data.batch_size": 2, "strategy.tau": 5, "train.log_every": 4,
         "train.eval_every": 6, "train.device": "cpu"}
 TINY_ARGS = ("--hidden", 16, "-b", 2, "-t", 5, "--device", "cpu", "-q")
 N = 20  # steps of the uninterrupted reference runs
@@ -271,7 +271,7 @@ def test_limits_stop_the_run(corpus, tmp_path):
 def test_full_bptt_stops_near_the_token_budget_not_at_the_epoch_end(corpus, tmp_path):
     c = config(corpus, strategy__name="full", train__max_tokens=95)
     summary = train(c, tmp_path / "run", quiet=True)
-    window = c.data.batch_size * c.strategy.num_steps
+    window = c.data.batch_size * c.strategy.tau
     assert 95 <= summary["tokens"] < 95 + window < c.data.batch_size * steps_per_epoch(c)
 
 
@@ -297,7 +297,7 @@ def test_full_bptt_prints_its_memory_estimate_and_help_calls_it_infeasible(bptt,
 
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("args, code, says", [
-    (("-t", 0), 2, "strategy.num_steps must be > 0"),
+    (("-t", 0), 2, "strategy.tau must be > 0"),
     (("--clip", -1), 2, "optim.clip must be >= 0"),
     (("-b", 400), 3, "batch size 400"),
     (("--device", "cuda"), 2, "--device cuda requested but it is not available"),
