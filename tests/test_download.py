@@ -75,6 +75,21 @@ def test_no_sha1_skips_verification(http_server, tmp_path):
     assert path.name == "corpus.txt" and path.read_bytes() == b"anything"
 
 
+@pytest.mark.parametrize("expected", [BODY_SHA1.upper(), f"  {BODY_SHA1}\n", f"\t{BODY_SHA1.upper()} "],
+                         ids=["upper-case", "whitespace", "both"])
+def test_sha1_is_case_insensitive_and_whitespace_stripped(http_server, tmp_path, expected):
+    http_server.routes["/x.txt"] = [("ok", BODY)]
+    assert fetch(http_server.url("/x.txt"), expected, tmp_path, **FAST).read_bytes() == BODY
+    assert fetch(http_server.url("/x.txt"), expected, tmp_path, **FAST) == tmp_path / "x.txt"  # a cache hit
+    assert len(http_server.hits) == 1 and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+@pytest.mark.parametrize("expected", ["", "  "], ids=["empty", "blank"])
+def test_empty_sha1_skips_verification(http_server, tmp_path, expected):
+    http_server.routes["/x.txt"] = [("ok", b"anything")]
+    assert fetch(http_server.url("/x.txt"), expected, tmp_path, **FAST).read_bytes() == b"anything"
+
+
 def test_checksum_mismatch(http_server, tmp_path):
     http_server.routes["/x.txt"] = [("ok", BODY)]
     message = fails(http_server.url("/x.txt"), "0" * 40, tmp_path, **FAST)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections import Counter
 
 import pytest
 import torch
 
 from bpttcli import checkpoint
 from bpttcli.config import load_config
+from bpttcli.corpus import preprocess
 from bpttcli.sample import Sampler, pick, sample
 from bpttcli.train import train
 
@@ -65,6 +67,12 @@ def test_greedy_and_top_1_agree(letters_run):
 def test_empty_prefix_starts_from_the_most_frequent_character(letters_run):
     out = generate(letters_run, length=25, seed=0)
     assert len(out) == 26 and "\ufffd" not in out
+    # the warm-up character is the corpus's most frequent one (a space), fed but not printed: the sample
+    # is what follows that character given as the prefix, draw for draw under the same seed
+    most_frequent = Counter(preprocess(TEXT, "letters")).most_common(1)[0][0]
+    assert most_frequent == " " and Sampler.load(letters_run, device="cpu").vocab.itos[1] == most_frequent
+    assert out == generate(letters_run, prefix=most_frequent, length=25, seed=0)[1:]
+    assert out != generate(letters_run, prefix="e", length=25, seed=0)[1:]  # the warm-up matters
 
 
 def test_pick_never_returns_unk_and_honours_top_k():

@@ -33,6 +33,13 @@ VARIANTS = {
     "random-strategy": {"strategy.name": "random"},
     "dropout": {"model.dropout": 0.3, "model.layers": 2},
     "random-partition": {"data.partition": "random"},
+    # AdamW carries per-parameter state (moments, step count) that SGD lacks: resume must restore it.
+    # Weight decay and a cosine rate over a 400-character budget (half spent by step N), as configs/default.yaml.
+    "adam": {"optim.optimizer": "adam", "optim.lr": 0.01, "optim.weight_decay": 0.1, "optim.schedule": "cosine",
+             "train.max_tokens": 400},
+    "adam-gru-random-dropout": {"optim.optimizer": "adam", "optim.lr": 0.01, "optim.weight_decay": 0.1,
+                                "optim.schedule": "cosine", "train.max_tokens": 400, "model.cell": "gru",
+                                "model.dropout": 0.3, "model.layers": 2, "strategy.name": "random"},
 }
 
 
