@@ -42,8 +42,8 @@ def test_backward_leaves_shared_gradients_intact(cell):
 def test_backward_leaves_a_hook_kept_gradient_intact(cell):
     seen = []
     c, _, weight = output_gradient(cell, hook=seen.append)
-    assert torch.equal(output_gradient(cell)[2], weight)  # holds: the parameter gradients are right
-    assert torch.equal(seen[0], c)  # fails: the kept tensor was reused as the backward's buffer
+    assert torch.equal(output_gradient(cell)[2], weight)  # the hook changes no parameter gradient
+    assert torch.equal(seen[0], c)  # and the tensor it kept was not reused as the backward's buffer
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
