@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from bpttcli import recurrence
 from bpttcli.model import CharRNN
-from bpttcli.recurrence import Cell
+from bpttcli.recurrence import Cell, buffers
 from bpttcli.unrolled import unrolled_forward
 
 
@@ -53,7 +53,7 @@ def max_error(cell, layers, dtype, steps=13, batch=3, hidden=8, vocab=11, seed=0
 def main() -> int:
     bad = 0
     for path, overwrite in [(p, True) for p in recurrence.available_paths()] + [("portable", False)]:
-        recurrence.OVERWRITE_GRADIENTS = overwrite
+        buffers.OVERWRITE_GRADIENTS = overwrite
         with recurrence.use_path(path):
             for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
                 for cell in Cell:

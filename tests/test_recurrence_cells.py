@@ -1,18 +1,17 @@
-"""bpttcli.recurrence: the hand-written BPTT backward against autograd through an unrolled graph."""
+"""bpttcli.recurrence.cells: the hand-written BPTT backward against autograd through an unrolled graph."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bpttcli.recurrence import GATES, available_paths, path_for, recur, use_path
+from bpttcli.recurrence import available_paths, path_for, recur, use_path
 from bpttcli.unrolled import unrolled_forward
 from helpers import (  # noqa: F401
     ALL_CELLS, RECURRENT, final_state_loss, grad_of, leaves_of, make_batch, make_model, random_state,
     rel_err, summed_ce,
 )
-
-CUTS = [0.0, 1.7, 1.0, 0.0, 0.4, 2.5, 1.0, 0.0, 1.3]  # xi per step; zeros cut the chain mid-window
+from recurrence_helpers import CUTS, kernel_inputs
 
 
 def kernel_and_unrolled(model, x, y, state, xi=None, reference=None):
@@ -74,18 +73,6 @@ def test_float32_close_to_float64(cell, xi, path):
     assert rel_err(grad, ref_grad) < 1e-5
 
 
-def kernel_inputs(cell, steps=4, batch=2, hidden=3):
-    """Random float64 leaves for `recur`: gx [T, B, G], weight, bias and the initial state."""
-    g = torch.Generator().manual_seed(0)
-
-    def randn(*shape):
-        return (0.5 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
-
-    gates = GATES[cell] * hidden
-    state = tuple(randn(batch, hidden) for _ in range(2 if cell == "lstm" else 1))
-    return randn(steps, batch, gates), randn(gates, hidden), randn(gates), state
-
-
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_backward_passes_gradcheck(cell):
     """Finite differences on the Functions themselves, through both outputs (the steps, the final state)."""
@@ -96,35 +83,3 @@ def test_backward_passes_gradcheck(cell):
         return (out, *new)
 
     assert torch.autograd.gradcheck(run, (gx, weight, bias, *state))
-
-
-def output_gradient(cell, hook=None, given=None):
-    """Run `recur` with cuts and backpropagate c (a fixed [T, B, H] tensor) into its output steps."""
-    gx, weight, bias, state = kernel_inputs(cell)
-    out, _ = recur(cell, gx, state, weight, bias, CUTS[:4])
-    c = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-    if hook:
-        out.register_hook(hook)
-    sibling = torch.zeros_like(out, requires_grad=True)
-    if given is None:
-        ((out + sibling) * c).sum().backward()  # autograd hands one tensor, c, to both branches
-    else:
-        out.backward(given)
-    return c, sibling.grad, weight.grad
-
-
-@pytest.mark.parametrize("cell", ALL_CELLS)
-def test_backward_leaves_shared_gradients_intact(cell):
-    """The output gradient may be held elsewhere too: never overwrite it, and the result must not depend on it."""
-    c, sibling, weight = output_gradient(cell)
-    assert torch.equal(sibling, c)
-    given = c.clone()
-    assert torch.equal(output_gradient(cell, given=given)[2], weight) and torch.equal(given, c)
-
-
-@pytest.mark.parametrize("cell", ALL_CELLS)
-def test_backward_leaves_a_hook_kept_gradient_intact(cell):
-    seen = []
-    c, _, weight = output_gradient(cell, hook=seen.append)
-    assert torch.equal(output_gradient(cell)[2], weight)  # holds: the parameter gradients are right
-    assert torch.equal(seen[0], c)  # fails: the kept tensor was reused as the backward's buffer

@@ -1,4 +1,4 @@
-"""The recurrence over one segment, with a hand-written backward that applies xi at every step.
+"""The cells over one window, with a hand-written backward that applies xi at every step.
 
 Each cell is an autograd Function over a whole window: the input projections `gx` (``x W_ih^T +
 b_ih`` for every step, computed outside in one go) come in, the hidden states of every step come
@@ -7,26 +7,20 @@ h_{t-1} -> h_t by ``xi[t]`` (and the cell state's too, for the LSTM), and comput
 gradient with one GEMM over the window. Gate layouts follow PyTorch's nn.RNN/GRU/LSTM, so weights
 are interchangeable with the built-in modules.
 
-Speed: the step loops call only in-place or ``out=`` operators on buffers allocated once per
-window, on per-step views made in one `unbind` call each (no slicing or host sync per step). The
-backward's per-step matmul multiplies by W as stored; the forward's goes through a *path*:
-`portable` (addmm by a contiguous W^T: public ops, any device; BLAS runs [32 x 512] @ [512 x 512]
-with a transposed operand several times slower) or `mkl` (MKL's packed sgemm, a private op, for
-CPU float32 weights from PACK_MIN_WEIGHT elements, after a one-time self-check).
-
-Memory: the backward overwrites the incoming output gradient with the pre-activation gradient
-when autograd hands over its only reference (see `_grad_buffer`), so full BPTT keeps the hidden
-states and one gradient buffer, not two.
+The step loops call only in-place or ``out=`` operators on buffers allocated once per window, on
+per-step views made in one `unbind` call each (no slicing or host sync per step). The backward's
+per-step matmul multiplies by W as stored; the forward's goes through a path from `matmul`. The
+backward's first buffer is the incoming output gradient itself when `buffers` says it may be.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import sys
-import threading
 
 import torch
+
+from . import buffers
+from .matmul import path_for
 
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), one fused kernel
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y * (1 - y)
@@ -42,108 +36,6 @@ class Cell(str, enum.Enum):
 GATES = {Cell.rnn: 1, Cell.gru: 3, Cell.lstm: 4, Cell.linear: 1}
 
 
-# ---------------------------------------------------------------------------------------- paths
-class PortablePath:
-    """Forward products by in-place addmm on buffers pre-filled with gx + b, with W^T made
-    contiguous once per window (BLAS multiplies [32 x 512] by a *transposed* [512 x G] operand
-    several times slower). Public ops only, any device."""
-
-    name, packed = "portable", False
-
-    def prepare(self, weight: torch.Tensor, bias: torch.Tensor, batch: int):
-        return weight.t().contiguous()
-
-    def prefill(self, acc: torch.Tensor, gx: torch.Tensor | None, bias: torch.Tensor) -> None:
-        """Before the loop: acc = gx + b for every step (gx None: acc = b)."""
-        if gx is None:
-            acc.copy_(bias.expand_as(acc))
-        else:
-            torch.add(gx, bias, out=acc)
-
-    def step(self, acc: torch.Tensor, h: torch.Tensor, x: torch.Tensor, w) -> None:
-        """acc = x + b + h W^T (acc holds x + b already)."""
-        acc.addmm_(h, w)
-
-
-class MklPath(PortablePath):
-    """Forward products by MKL's packed sgemm (CPU float32, a private torch op): the weight is
-    packed once per window (cheaper than transposing it) and [32 x 512] @ [512 x 2048] runs ~1.3x
-    faster than addmm on two cores. Each product comes back in a new tensor."""
-
-    name, packed = "mkl", True
-
-    def __init__(self):
-        self._pack, self._linear = torch.ops.mkl._mkl_reorder_linear_weight, torch.ops.mkl._mkl_linear
-
-    def prepare(self, weight: torch.Tensor, bias: torch.Tensor, batch: int):
-        weight = weight.detach().contiguous()
-        return self._pack(weight, batch), weight, bias.detach(), batch
-
-    def prefill(self, acc: torch.Tensor, gx: torch.Tensor | None, bias: torch.Tensor) -> None:
-        pass  # step() adds gx + b itself
-
-    def project(self, h: torch.Tensor, w) -> torch.Tensor:
-        """h W^T + b."""
-        packed, weight, bias, batch = w
-        return self._linear(h, packed, weight, bias, batch)
-
-    def step(self, acc: torch.Tensor, h: torch.Tensor, x: torch.Tensor, w) -> None:
-        torch.add(self.project(h, w), x, out=acc)
-
-
-PATHS = {"portable": PortablePath, "mkl": MklPath}
-PACK_MIN_WEIGHT = 1 << 18  # elements of W from which `mkl` pays off (H = 512 for every cell)
-_portable, _mkl = PortablePath(), None
-_mkl_checked = False
-_forced = threading.local()
-
-
-def _mkl_path() -> MklPath | None:
-    """The MKL path if this torch has its ops and they pass a check against torch.addmm (once)."""
-    global _mkl, _mkl_checked
-    if not _mkl_checked:
-        _mkl_checked = True
-        try:
-            path = MklPath()
-            g = torch.Generator().manual_seed(0)
-            h, weight, bias = (torch.randn(shape, generator=g) for shape in ((5, 24), (40, 24), (40,)))
-            got = path.project(h, path.prepare(weight, bias, 5))
-            _mkl = path if torch.allclose(got, torch.addmm(bias, h, weight.t()), atol=1e-4) else None
-        except (AttributeError, RuntimeError, TypeError):
-            _mkl = None
-    return _mkl
-
-
-def available_paths(device: torch.device | str = "cpu") -> list[str]:
-    """The paths that can run float32 kernels on `device`."""
-    return ["mkl", "portable"] if torch.device(device).type == "cpu" and _mkl_path() else ["portable"]
-
-
-@contextlib.contextmanager
-def use_path(name: str | None):
-    """Force path `name` in this thread (tests, benchmarks); None restores the automatic choice.
-
-    A forced `mkl` still falls back to `portable` where it cannot run (not CPU float32).
-    """
-    if name is not None and name not in PATHS:
-        raise ValueError(f"unknown path {name!r}; choose from {', '.join(PATHS)}")
-    previous, _forced.name = getattr(_forced, "name", None), name
-    try:
-        yield
-    finally:
-        _forced.name = previous
-
-
-def path_for(weight: torch.Tensor) -> PortablePath:
-    """`mkl` for CPU float32 weights of at least PACK_MIN_WEIGHT elements (or when forced), else portable."""
-    forced = getattr(_forced, "name", None)
-    if forced == "portable" or weight.device.type != "cpu" or weight.dtype != torch.float32:
-        return _portable
-    if forced is None and weight.numel() < PACK_MIN_WEIGHT:
-        return _portable
-    return _mkl_path() or _portable
-
-
 # ----------------------------------------------------------------------------------- helpers
 def _weights(xi: list[float] | None, steps: int) -> list[float]:
     return [1.0] * steps if xi is None else [float(v) for v in xi]
@@ -157,69 +49,6 @@ def _steps(t: torch.Tensor, block: int | slice, size: int) -> tuple[torch.Tensor
 
 def _gates(t: torch.Tensor, blocks: tuple[int, ...], size: int) -> list[tuple[torch.Tensor, ...]]:
     return [_steps(t, k, size) for k in blocks]
-
-
-OVERWRITE_GRADIENTS = True  # reuse the output gradient's buffer when we own it (tests switch it off)
-_owned_refs: int | None = None  # Python references to a gradient only autograd and we hold (probed)
-_probing = False
-
-
-def _owned(grad: torch.Tensor) -> bool:
-    """True if autograd handed us the only reference to `grad`, so that we may overwrite it.
-
-    A gradient the caller passed in (`backward(gradient=g)`), one a hook kept, or one autograd also
-    hands to another node (both inputs of an addition share it) has more holders: C++ ones show in
-    `_use_count`, Python ones in `sys.getrefcount` beyond what a solely owned gradient has at this
-    point of the call (measured once by `_calibrate`). Where either cannot be read, never.
-    """
-    global _owned_refs
-    if _probing:
-        _owned_refs = sys.getrefcount(grad)
-        return False
-    try:
-        return _owned_refs is not None and grad._use_count() == 1 and sys.getrefcount(grad) <= _owned_refs
-    except (AttributeError, RuntimeError):
-        return False
-
-
-class _Probe(torch.autograd.Function):
-    """Identity whose backward asks for a grad buffer exactly as the kernels do."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _grad_buffer(grad, torch.empty(1))
-
-
-def _calibrate() -> None:
-    """Count the references a solely owned output gradient has inside a backward (once per process)."""
-    global _probing
-    if _owned_refs is not None or not OVERWRITE_GRADIENTS:
-        return
-    _probing = True
-    try:
-        with torch.enable_grad():
-            x = torch.zeros(2, requires_grad=True)
-            (_Probe.apply(x) * 2).sum().backward()  # MulBackward hands over a fresh tensor
-    except RuntimeError:
-        pass
-    finally:
-        _probing = False
-
-
-def _grad_buffer(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """The incoming output gradient as a buffer the backward may overwrite: itself if we own it, else a copy."""
-    if grad is None:
-        return torch.zeros_like(like)
-    if (
-        OVERWRITE_GRADIENTS and _owned(grad) and not grad.requires_grad and grad.is_contiguous()
-        and grad.shape == like.shape and grad.dtype == like.dtype
-    ):
-        return grad
-    return grad.to(like.dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def _blocks(t: torch.Tensor, order: tuple[int, ...], size: int) -> torch.Tensor:
@@ -238,7 +67,7 @@ class ElmanRNN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx, h0, weight, bias, xi, linear=False):
-        _calibrate()
+        buffers.calibrate()
         path = path_for(weight)
         w = path.prepare(weight, bias, h0.shape[0])
         hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
@@ -261,7 +90,7 @@ class ElmanRNN(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         hs, weight = ctx.saved_tensors
         steps, xi = hs.shape[0] - 1, _weights(ctx.xi, hs.shape[0] - 1)
-        da = _grad_buffer(dout, hs[1:])  # dL/dh_t, overwritten in place by dL/da_t (the pre-activation)
+        da = buffers.grad_buffer(dout, hs[1:])  # dL/dh_t, overwritten in place by dL/da_t (the pre-activation)
         if dlast is not None:
             da[-1] += dlast
         h, d, tanh_backward = hs.unbind(0), da.unbind(0), None if ctx.linear else _tanh_backward
@@ -279,7 +108,7 @@ class GRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx, h0, weight, bias, xi):
-        _calibrate()
+        buffers.calibrate()
         path, hidden = path_for(weight), h0.shape[-1]
         w = path.prepare(weight, bias, h0.shape[0])
         hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
@@ -309,7 +138,7 @@ class GRU(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         hs, gates, ns, weight = ctx.saved_tensors
         steps, hidden, xi = ns.shape[0], hs.shape[-1], _weights(ctx.xi, ns.shape[0])
-        dhs = _grad_buffer(dout, hs[1:])  # dL/dh_t from above; the carry from step t+1 is added in place
+        dhs = buffers.grad_buffer(dout, hs[1:])  # dL/dh_t from above; the carry from step t+1 is added in place
         if dlast is not None:
             dhs[-1] += dlast
         # e = [dL/d(h W_n^T + b_n), dL/dr, dL/dz, dL/dn]: its first 3 blocks (gates n, r, z) multiply
@@ -345,7 +174,7 @@ class LSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx, h0, c0, weight, bias, xi):
-        _calibrate()
+        buffers.calibrate()
         path, hidden = path_for(weight), h0.shape[-1]
         w = path.prepare(weight, bias, h0.shape[0])
         hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
@@ -373,7 +202,7 @@ class LSTM(torch.autograd.Function):
     def backward(ctx, dout, dlast_h, dlast_c):
         hs, cs, tcs, psis, gates, weight = ctx.saved_tensors
         steps, hidden, xi = tcs.shape[0], hs.shape[-1], _weights(ctx.xi, tcs.shape[0])
-        dhs = _grad_buffer(dout, hs[1:])
+        dhs = buffers.grad_buffer(dout, hs[1:])
         if dlast_h is not None:
             dhs[-1] += dlast_h
         dgates = torch.empty_like(gates)

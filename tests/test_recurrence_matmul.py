@@ -1,0 +1,78 @@
+"""bpttcli.recurrence.matmul: the forward's paths (portable, mkl).
+
+Each path is forced in turn and checked against the float64 unrolled reference; the automatic choice
+and the fallback when the private MKL ops are missing or wrong are checked directly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bpttcli.recurrence import available_paths, matmul, path_for, use_path
+from bpttcli.unrolled import unrolled_forward
+from helpers import ALL_CELLS, rel_err
+from recurrence_helpers import XI, gradients, models
+
+
+@pytest.mark.parametrize("path", available_paths())
+@pytest.mark.parametrize("cell", ALL_CELLS)
+@pytest.mark.parametrize("xi", [None, XI])
+def test_each_path_matches_the_float64_reference(path, cell, xi):
+    model, reference = models(cell)
+    expected = gradients(reference, lambda *a: unrolled_forward(reference, *a), xi)
+    with use_path(path):
+        assert path_for(model.layers[0].weight_hh).name == path
+        got = gradients(model, model, xi)
+    assert rel_err(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_paths_agree_with_each_other(cell):
+    model, _ = models(cell)
+    results = []
+    for path in available_paths():
+        with use_path(path):
+            results.append(gradients(model, model, XI))
+    assert all(rel_err(r, results[-1]) < 1e-6 for r in results)
+
+
+def test_automatic_choice():
+    small, large = torch.empty(3 * 64, 64), torch.empty(4 * 512, 512)
+    fast = "mkl" in available_paths()
+    assert path_for(small).name == "portable"
+    assert path_for(large).name == ("mkl" if fast else "portable")
+    assert path_for(large.double()).name == "portable"  # MKL's packed sgemm is float32 only
+    with use_path("mkl"):
+        assert path_for(small).name == ("mkl" if fast else "portable")
+        assert path_for(large.double()).name == "portable"
+    with use_path("portable"):
+        assert path_for(large).name == "portable"
+    with pytest.raises(ValueError, match="unknown path"):
+        with use_path("cuda-graphs"):
+            pass
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    """Forget the one-time MKL self-check, so that a test can make it run again (restored afterwards)."""
+    monkeypatch.setattr(matmul, "_mkl_checked", False)
+    monkeypatch.setattr(matmul, "_mkl", None)
+
+
+def test_missing_mkl_ops_fall_back_to_portable(fresh_probe, monkeypatch):
+    def missing(self):
+        raise AttributeError("_OpNamespace 'mkl' object has no attribute '_mkl_linear'")
+
+    monkeypatch.setattr(matmul.MklPath, "__init__", missing)
+    assert available_paths() == ["portable"]
+    assert path_for(torch.empty(4 * 512, 512)).name == "portable"
+    with use_path("mkl"):
+        assert path_for(torch.empty(4 * 512, 512)).name == "portable"
+
+
+def test_wrong_mkl_results_fall_back_to_portable(fresh_probe, monkeypatch):
+    if not hasattr(torch.ops.mkl, "_mkl_linear"):
+        pytest.skip("this torch has no MKL packed sgemm")
+    monkeypatch.setattr(matmul.MklPath, "project", lambda self, h, w: torch.zeros(h.shape[0], w[1].shape[0]))
+    assert available_paths() == ["portable"]
