@@ -1,6 +1,6 @@
 """Reference forward pass: the model unrolled step by step with PyTorch's own cells and autograd.
 
-Slow but independent of the hand-written backward in `recurrence.py`: the gradient tests use it
+Slow but independent of the hand-written backward in `recurrence/`: the gradient tests use it
 as the exact reference, and `bptt analyze` uses it to read the gradient at every hidden state.
 """
 

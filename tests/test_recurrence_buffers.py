@@ -64,4 +64,6 @@ def test_reusing_the_output_gradient_changes_nothing(cell, monkeypatch):
     overwritten = gradients(model, model, XI)
     assert reused[-2:] == [True, True]  # both layers' output gradients were owned (before them: the probe)
     monkeypatch.setattr(buffers, "OVERWRITE_GRADIENTS", False)
+    before = len(reused)
     assert torch.equal(gradients(model, model, XI), overwritten)
+    assert len(reused) > before and not any(reused[before:])  # switched off: every buffer was a copy
