@@ -97,7 +97,8 @@ def download(
 
 
 TRAIN_KEYS = {  # train's option -> the config key it sets
-    "strategy": "strategy.name", "tau": "strategy.tau", "schedule": "strategy.schedule",
+    "strategy": "strategy.name", "tau": "strategy.tau", "schedule": "strategy.schedule", "floor": "strategy.floor",
+    "k2": "strategy.k2",
     "model": "model.cell", "hidden": "model.hidden", "layers": "model.layers", "dropout": "model.dropout",
     "embedding": "model.embedding", "optimizer": "optim.optimizer", "lr": "optim.lr", "clip": "optim.clip",
     "weight_decay": "optim.weight_decay", "lr_schedule": "optim.schedule", "batch_size": "data.batch_size",
@@ -126,9 +127,11 @@ def train(
     strategy: Annotated[Optional[StrategyName], typer.Option(help=(
         "full: exact gradient; with sequential partitioning one segment per epoch (the chapter's "
         "'computationally infeasible' case, memory grows with the text) · truncated: cut every "
-        "--num-steps · random: randomized truncation, unbiased."))] = None,
+        "--num-steps · random: randomized truncation, unbiased · tbptt: TBPTT(k1 = tau, k2)."))] = None,
     tau: Annotated[Optional[int], typer.Option("--num-steps", "-t", help="tau: nominal segment length (truncated's period, random's mean) and loss normaliser.")] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Cut schedule of the random strategy.")] = None,
+    floor: Annotated[Optional[int], typer.Option(help="random: no cut in a segment's first N steps (0 <= N < tau).")] = None,
+    k2: Annotated[Optional[int], typer.Option(help="tbptt: the losses of every tau steps backpropagate through k2 >= tau steps \\[default: 2 tau].")] = None,
     model: Annotated[Optional[Cell], typer.Option(help="Recurrent cell.")] = None,
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer.")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Recurrent layers.")] = None,

@@ -69,6 +69,8 @@ class StrategyConfig:
     tau: int = 35  # τ: the nominal segment length (truncated's, random's mean) and the loss normaliser B·τ
     schedule: Schedule = Schedule.geometric
     alpha: float = 4.0  # polytail exponent
+    floor: int = 0  # random: no cut in a segment's first `floor` steps (0 <= floor < tau)
+    k2: int = 0  # tbptt: the losses of every tau (k1) steps backpropagate through k2 >= tau steps; 0 = 2 tau
 
 
 @dataclass
@@ -260,6 +262,11 @@ def validate(c: Config) -> Config:
     _check(c.model.embedding >= 0, "model.embedding", ">= 0 (0 = one-hot)", c.model.embedding)
     _check(c.strategy.tau > 0, "strategy.tau", "> 0", c.strategy.tau)
     _check(c.strategy.alpha > 2, "strategy.alpha", "> 2", c.strategy.alpha)
+    _check(0 <= c.strategy.floor < c.strategy.tau, "strategy.floor", "in [0, strategy.tau)", c.strategy.floor)
+    _check(c.strategy.k2 == 0 or c.strategy.k2 >= c.strategy.tau, "strategy.k2", ">= strategy.tau (or 0: 2 tau)",
+           c.strategy.k2)
+    _check(c.strategy.name is not StrategyName.tbptt or c.data.partition is Partition.sequential, "data.partition",
+           "sequential for tbptt (its context is the steps before each segment)", c.data.partition.value)
     _check(c.optim.lr > 0, "optim.lr", "> 0", c.optim.lr)
     _check(c.optim.clip >= 0, "optim.clip", ">= 0 (0 disables clipping)", c.optim.clip)
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", ">= 0", c.optim.weight_decay)

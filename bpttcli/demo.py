@@ -77,7 +77,7 @@ def unroll(a: torch.Tensor, u: torch.Tensor, theta: torch.Tensor, s: torch.Tenso
     """Per-step losses of one segment and its last state; xi[k] weights the gradient along s_{k-1} -> s_k."""
     losses = []
     for k in range(length):
-        s = a @ scale_grad(s, 1.0 if xi is None else xi[k]) + theta * u
+        s = a @ scale_grad(s, 1.0 if xi is None else float(xi[k])) + theta * u
         losses.append(0.5 * (s[0] - 1) ** 2)
     return torch.stack(losses), s
 
@@ -91,8 +91,8 @@ def train_online(task: Task, strategy: Strategy, steps: int, episode: int, lr: f
     losses = []
     for start in range(0, steps, episode):
         s = torch.ones(task.n, dtype=torch.float64)
-        for part, xi in segments(strategy, min(episode, steps - start), generator):
-            loss, s = unroll(a, u, theta, s, part.stop - part.start, xi)
+        for part, segment in segments(strategy, min(episode, steps - start), generator):
+            loss, s = unroll(a, u, theta, s, part.stop - part.start, segment.xi)
             (loss.sum() / norm).backward()
             optimizer.step()
             optimizer.zero_grad()

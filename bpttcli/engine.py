@@ -10,40 +10,82 @@ from torch.utils.checkpoint import checkpoint
 
 from .data import eval_windows
 from .model import CharRNN, State, detach_state
-from .strategies import Strategy
+from .strategies import Segment, Strategy
 
 
-def _segment_loss(model: CharRNN, x, y, state: State, xi):
+def _segment_loss(model: CharRNN, x, y, state: State, xi, skip: int = 0):
     logits, state = model(x, state, xi)
+    logits, y = logits[skip:], y[skip:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"), state
 
 
-def forward_loss(model: CharRNN, x, y, state: State, xi: list[float] | None = None, recompute: bool = False):
-    """Summed cross-entropy over a segment and the final state.
+def forward_loss(
+    model: CharRNN, x, y, state: State, xi: list[float] | None = None, recompute: bool = False, skip: int = 0
+):
+    """Summed cross-entropy over a segment (its first `skip` targets left out) and the final state.
 
     With `recompute`, the segment runs in chunks of ~sqrt(L) steps whose activations are
     recomputed during backward (segment checkpointing): O(sqrt(L)) memory, the same gradient.
     """
     steps = x.shape[0]
     if not recompute or steps < 4:
-        return _segment_loss(model, x, y, state, xi)
+        return _segment_loss(model, x, y, state, xi, skip)
     chunk = math.ceil(math.sqrt(steps))
     total = 0.0
     for start in range(0, steps, chunk):
         part = slice(start, start + chunk)
         loss, state = checkpoint(
-            _segment_loss, model, x[part], y[part], state, None if xi is None else xi[part], use_reentrant=False
+            _segment_loss, model, x[part], y[part], state, None if xi is None else xi[part], max(0, skip - start),
+            use_reentrant=False,
         )
         total = total + loss
     return total, state
 
 
+class Replay:
+    """The steps a segment's context runs again: TBPTT(k1, k2)'s last k2 - k1 steps and the state before them.
+
+    `forward` prepends them to the segment's new steps (their losses are not counted twice), so the
+    gradient of the new steps' losses flows back through k2 steps; the chain is cut where the replayed
+    steps begin. A segment without context runs as it is and keeps nothing.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.x = self.y = self.state = None
+
+    def forward(self, model: CharRNN, x, y, state: State, segment: Segment, recompute: bool = False):
+        """Summed loss of the new steps' targets and the final state, as `forward_loss`."""
+        xi, skip = None if segment.xi is None else segment.xi.tolist(), 0
+        if segment.context and self.x is not None:
+            x, y, state, skip = torch.cat([self.x, x]), torch.cat([self.y, y]), self.state, len(self.x)
+        carry = max(0, len(x) - segment.context)  # where the next segment's context begins
+        if carry == len(x):
+            return forward_loss(model, x, y, state, xi, recompute, skip)
+        # a segment with context has no cuts inside (xi is None): the chain is cut only where x begins
+        loss, mid = forward_loss(model, x[:carry], y[:carry], state, None, recompute, skip) if carry else (0.0, state)
+        self.x, self.y, self.state = x[carry:], y[carry:], detach_state(mid)
+        rest, state = forward_loss(model, x[carry:], y[carry:], mid, None, recompute, max(0, skip - carry))
+        return loss + rest, state
+
+    def state_dict(self) -> dict | None:
+        return None if self.x is None else {"x": self.x, "y": self.y, "state": [list(layer) for layer in self.state]}
+
+    def load_state_dict(self, saved: dict | None, device: torch.device) -> None:
+        self.clear()
+        if saved:
+            self.x, self.y = saved["x"].to(device), saved["y"].to(device)
+            self.state = [tuple(t.to(device) for t in layer) for layer in saved["state"]]
+
+
 def segments(strategy: Strategy, length: int, generator: torch.Generator):
-    """Cut `length` steps into the strategy's segments: yields (slice, xi or None) in order."""
+    """Cut `length` steps into the strategy's segments: yields (slice of the new steps, segment) in order."""
     start = 0
     while start < length:
         segment = strategy.next_segment(length - start, generator)
-        yield slice(start, start + segment.length), None if segment.xi is None else segment.xi.tolist()
+        yield slice(start, start + segment.length), segment
         start += segment.length
 
 
@@ -52,8 +94,9 @@ def window_gradient(
 ) -> torch.Tensor:
     """The gradient `strategy` yields over one window at fixed parameters: the sum over its segments."""
     model.zero_grad(set_to_none=True)
-    for part, xi in segments(strategy, x.shape[0], generator):
-        loss, state = forward_loss(model, x[part], y[part], state, xi)
+    replay = Replay()
+    for part, segment in segments(strategy, x.shape[0], generator):
+        loss, state = replay.forward(model, x[part], y[part], state, segment)
         (loss / norm).backward()
         state = detach_state(state)
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])

@@ -8,7 +8,11 @@ follows the segment.
 - full:      no cut: one segment per window (or per epoch with sequential partitioning).
 - truncated: a cut every tau steps, xi = 1 elsewhere.
 - random:    a cut after step k with probability c_k; a surviving step is weighted 1/(1 - c_k),
-             so E[xi] = 1 and the gradient is unbiased (Tallec & Ollivier 2017).
+             so E[xi] = 1 and the gradient is unbiased (Tallec & Ollivier 2017). With a floor m,
+             c_k = 0 for k <= m: no cut (and no variance) in the first m steps of a segment.
+- tbptt:     TBPTT(k1, k2) (Williams & Peng 1990): every k1 = tau steps, the losses of those k1 steps
+             backpropagate through the last k2 >= k1 steps; the k2 - k1 steps before the segment are
+             its *context*, run again without counting their losses twice.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class StrategyName(str, enum.Enum):
     full = "full"
     truncated = "truncated"
     random = "random"
+    tbptt = "tbptt"
 
 
 class Schedule(str, enum.Enum):
@@ -34,6 +39,7 @@ class Schedule(str, enum.Enum):
 class Segment:
     length: int
     xi: torch.Tensor | None = None  # [length] multipliers; None means 1 on every inner step
+    context: int = 0  # steps before the segment run again with it (their losses not counted twice)
 
     @property
     def max_weight(self) -> float:
@@ -72,21 +78,41 @@ class Truncated(Strategy):
         return Segment(min(self.tau, available))
 
 
-class RandomTruncation(Strategy):
-    """Randomized truncation with a cut probability schedule of mean segment length `tau`."""
+class TBPTT(Strategy):
+    """TBPTT(k1, k2): segments of k1 = `tau` new steps whose losses reach back through `k2` steps."""
 
-    def __init__(self, tau: int, schedule: Schedule = Schedule.geometric, alpha: float = 4.0):
+    def __init__(self, tau: int, k2: int):
+        if k2 < tau:
+            raise ValueError("tbptt needs k2 >= tau (k1)")
+        self.tau, self.k2 = tau, k2
+
+    def next_segment(self, available: int, generator: torch.Generator) -> Segment:
+        return Segment(min(self.tau, available), context=self.k2 - self.tau)
+
+
+class RandomTruncation(Strategy):
+    """Randomized truncation with a cut probability schedule of mean segment length `tau`.
+
+    With `floor` m, no cut falls in a segment's first m steps and the schedule applies to the steps
+    after them with mean m + (tau - m) = tau.
+    """
+
+    def __init__(self, tau: int, schedule: Schedule = Schedule.geometric, alpha: float = 4.0, floor: int = 0):
         if Schedule(schedule) is Schedule.polytail and alpha <= 2:
             raise ValueError("polytail needs alpha > 2 for a finite mean segment length")
-        self.tau, self.schedule, self.alpha = tau, Schedule(schedule), alpha
+        if not 0 <= floor < tau:
+            raise ValueError("the floor must be in [0, tau)")
+        self.tau, self.schedule, self.alpha, self.floor = tau, Schedule(schedule), alpha, floor
         self._survival = torch.ones(1, dtype=torch.float64)  # S[k] = P(length > k)
 
     def cut_probability(self, k: torch.Tensor) -> torch.Tensor:
         """c_k: the probability of a cut right after the k-th step of a segment (k >= 1)."""
-        tau = float(self.tau)
+        tail, tau = k.double() - self.floor, float(self.tau - self.floor)
         if self.schedule is Schedule.geometric:
-            return torch.full_like(k, 1.0 / tau, dtype=torch.float64)
-        return ((self.alpha - 1) / ((self.alpha - 2) * tau + k.double())).clamp(max=1.0)
+            c = torch.full_like(tail, 1.0 / tau)
+        else:
+            c = ((self.alpha - 1) / ((self.alpha - 2) * tau + tail)).clamp(max=1.0)
+        return torch.where(tail > 0, c, torch.zeros_like(c))
 
     def survival(self, upto: int) -> torch.Tensor:
         """S[0..upto]: S[k] = prod_{j<=k} (1 - c_j), the probability that a segment outlives k steps."""
@@ -120,13 +146,17 @@ class RandomTruncation(Strategy):
 
 def make_strategy(
     name: StrategyName, tau: int, carries_state: bool, schedule: Schedule = Schedule.geometric,
-    alpha: float = 4.0,
+    alpha: float = 4.0, floor: int = 0, k2: int = 0,
 ) -> Strategy:
-    """Build a strategy; `full` spans the epoch when the state carries over, else one window."""
+    """Build a strategy; `full` spans the epoch when the state carries over, else one window.
+
+    `floor` applies to `random`, `k2` to `tbptt` (0: twice tau)."""
     name = StrategyName(name)
     if name is StrategyName.full:
         return Full(tau, window=None if carries_state else tau)
     if name is StrategyName.truncated:
         return Truncated(tau)
-    return RandomTruncation(tau, schedule, alpha)
+    if name is StrategyName.tbptt:
+        return TBPTT(tau, k2 or 2 * tau)
+    return RandomTruncation(tau, schedule, alpha, floor)
 

@@ -13,7 +13,7 @@ from . import checkpoint
 from .builders import build_model, build_optimizer, load_dataset, prepare_process
 from .config import Config, LrSchedule, Partition, dump_yaml, to_dict
 from .data import RandomWindows, SequentialStreams
-from .engine import evaluate, forward_loss
+from .engine import Replay, evaluate
 from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, reason
 from .fsutil import atomic_write_text, ensure_dir
 from .model import detach_state
@@ -49,7 +49,8 @@ class Trainer:
         d, s = config.data, config.strategy
         self.batcher = (SequentialStreams(self.data.train, d.batch_size, s.tau, self.generator)
                         if d.partition is Partition.sequential else RandomWindows(self.data.train, d.batch_size, self.generator))
-        self.strategy = make_strategy(s.name, s.tau, self.batcher.carries_state, s.schedule, s.alpha)
+        self.strategy = make_strategy(s.name, s.tau, self.batcher.carries_state, s.schedule, s.alpha, s.floor, s.k2)
+        self.replay = Replay()  # the context of TBPTT's segments
         self.norm = d.batch_size * s.tau
         self.total_tokens = config.train.epochs * self.batcher.steps_per_epoch * d.batch_size
         if config.train.max_tokens:
@@ -116,6 +117,7 @@ class Trainer:
             self.epoch += 1
             self.batcher.start_epoch()
             self.state = self.model.init_state(self.config.data.batch_size)
+            self.replay.clear()
         return True
 
     def _available_steps(self) -> int:
@@ -131,8 +133,7 @@ class Trainer:
         x, y = (t.to(self.device, non_blocking=True) for t in self.batcher.next(segment.length))
         if not self.batcher.carries_state:
             self.state = self.model.init_state(x.shape[1])
-        xi = None if segment.xi is None else segment.xi.tolist()
-        loss, state = forward_loss(self.model, x, y, self.state, xi, self.config.train.recompute)
+        loss, state = self.replay.forward(self.model, x, y, self.state, segment, self.config.train.recompute)
         (loss / self.norm).backward()
         clip = self.config.optim.clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
@@ -223,6 +224,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
             "batcher": self.batcher.state_dict(), "hidden": [list(layer) for layer in self.state],
+            "replay": self.replay.state_dict(),
             **self.log.state_dict(),
         }
 
@@ -251,6 +253,7 @@ class Trainer:
                 torch.cuda.set_rng_state_all(p["rng"]["cuda"])
             self.batcher.load_state_dict(p["batcher"])
             self.state = [tuple(t.to(self.device) for t in layer) for layer in p["hidden"]]
+            self.replay.load_state_dict(p.get("replay"), self.device)
             self.log.load_state_dict(p)
             return p["elapsed"]
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -136,3 +136,13 @@ def test_dict_and_yaml_round_trip():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize("flags, key", [
+    ({"strategy.floor": 35}, "strategy.floor must be in [0, strategy.tau)"),
+    ({"strategy.floor": -1}, "strategy.floor"),
+    ({"strategy.name": "tbptt", "strategy.k2": 20}, "strategy.k2 must be >= strategy.tau"),
+    ({"strategy.name": "tbptt", "data.partition": "random"}, "data.partition must be sequential for tbptt"),
+])
+def test_strategy_parameters_are_checked(flags, key):
+    assert key in config_fails(flags=flags)

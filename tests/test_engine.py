@@ -50,7 +50,7 @@ def draws(schedule):
     """DRAWS segmentations of one window by `random`, seed i being the i-th: per draw, (start, xi) pairs."""
     strategy = RandomTruncation(TAU, schedule)
     return [
-        tuple((part.start, tuple(xi)) for part, xi in segments(strategy, T, torch.Generator().manual_seed(seed)))
+        tuple((part.start, tuple(seg.xi.tolist())) for part, seg in segments(strategy, T, torch.Generator().manual_seed(seed)))
         for seed in range(DRAWS)
     ]
 
@@ -164,3 +164,63 @@ def test_evaluate_is_mean_cross_entropy():
     model.train()
     assert evaluate(model, tokens, batch_size=2, window=3) == pytest.approx(expected, rel=1e-12)
     assert model.training
+
+
+# ------------------------------------------------------------------------------ TBPTT(k1, k2)
+def unrolled_segment_gradient(model, x, y, state, skip):
+    """The gradient of the summed loss of targets [skip:] over x from `state`, by PyTorch's own cells."""
+    from bpttcli.unrolled import unrolled_forward
+
+    logits, _, _ = unrolled_forward(model, x, detach_state(state))
+    loss = F.cross_entropy(logits[skip:].reshape(-1, V), y[skip:].reshape(-1), reduction="sum")
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+
+@pytest.mark.parametrize("cell", [Cell.rnn, Cell.gru, Cell.lstm])
+@pytest.mark.parametrize("k1, k2", [(3, 5), (2, 7), (4, 4)])
+def test_tbptt_backpropagates_each_k1_losses_through_k2_steps(cell, k1, k2):
+    """Every k1 steps, the losses of those k1 steps reach back k2 steps: the unrolled reference, segment by segment."""
+    from bpttcli.strategies import TBPTT
+
+    model, x, y, state = window(cell)
+    got = gradient(model, x, y, state, TBPTT(k1, k2))
+    with torch.no_grad():
+        states = [detach_state(state)] + [detach_state(model(x[:t], state)[1]) for t in range(1, T + 1)]
+    expected = 0
+    for start in range(0, T, k1):
+        end, begin = min(start + k1, T), max(0, start + k1 - k2)
+        expected = expected + unrolled_segment_gradient(model, x[begin:end], y[begin:end], states[begin], start - begin)
+    assert rel_err(got, expected) < 1e-10
+    if k2 > k1:  # and it is not truncated BPTT
+        assert rel_err(gradient(model, x, y, state, Truncated(k1)), expected) > 1e-3
+
+
+def test_tbptt_with_recompute_gives_the_same_gradient():
+    from bpttcli.engine import Replay
+    from bpttcli.strategies import TBPTT
+
+    model, x, y, state = window(Cell.gru)
+    grads = []
+    for recompute in (False, True):
+        model.zero_grad(set_to_none=True)
+        replay, s = Replay(), detach_state(state)
+        for part, segment in segments(TBPTT(4, 9), T, torch.Generator()):
+            loss, s = replay.forward(model, x[part], y[part], s, segment, recompute)
+            loss.backward()
+            s = detach_state(s)
+        grads.append(flat_grad(model))
+    assert rel_err(grads[1], grads[0]) < 1e-12
+
+
+@pytest.mark.parametrize("schedule", list(Schedule))
+def test_random_with_a_floor_is_unbiased(schedule):
+    """The mean of `random` with a floor of 2 steps over many draws equals the exact gradient (5 sigma)."""
+    model, x, y, state = window(Cell.gru)
+    strategy = RandomTruncation(TAU + 1, schedule, floor=2)
+    draws = [
+        tuple((part.start, tuple(seg.xi.tolist())) for part, seg in segments(strategy, T, torch.Generator().manual_seed(i)))
+        for i in range(DRAWS)
+    ]
+    samples = draw_gradients(model, x, y, state, draws)
+    exact = gradient(model, x, y, state, Full(T))
+    assert z_scores(samples, exact).max() <= 1

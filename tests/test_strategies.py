@@ -132,3 +132,36 @@ def test_seeded_generators_repeat(schedule):
 
     assert draw(7) == draw(7)
     assert draw(7) != draw(8)
+
+
+def test_tbptt_segments_are_k1_new_steps_with_k2_minus_k1_context():
+    from bpttcli.strategies import TBPTT
+
+    assert [(s.length, s.context, s.xi) for s in split(TBPTT(4, 7), 10, gen())] == [(4, 3, None), (4, 3, None), (2, 3, None)]
+    assert make_strategy("tbptt", 5, True).k2 == 10 and make_strategy("tbptt", 5, True, k2=6).k2 == 6
+    with pytest.raises(ValueError):
+        TBPTT(5, 4)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_floor_keeps_the_mean_and_never_cuts_early(schedule):
+    strategy, g = RandomTruncation(8, schedule, floor=3), gen()
+    segments = [strategy.next_segment(10**6, g) for _ in range(20000)]
+    lengths = torch.tensor([s.length for s in segments])
+    assert lengths.min() >= 4
+    assert_mean(lengths, 8)
+    assert all((s.xi[1:4] == 1).all() and (s.xi[4:] > 1).all() for s in segments[:200])  # no variance in the floor
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_xi_has_mean_one_with_a_floor(schedule):
+    strategy, g, steps = RandomTruncation(4, schedule, floor=2), gen(), 16
+    xi = torch.tensor([[w for s in split(strategy, steps, g) for w in s.xi.tolist()] for _ in range(4000)])
+    assert (xi[:, 1:3] == 1).all()  # the first segment's floor: never cut, never weighted
+    assert_mean(xi[:, 3:], 1.0)
+    assert_mean(torch.cumprod(xi[:, 4:11], 1), 1.0)
+
+
+def test_floor_must_be_below_tau():
+    with pytest.raises(ValueError):
+        RandomTruncation(4, floor=4)

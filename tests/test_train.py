@@ -33,6 +33,8 @@ VARIANTS = {
     "random-strategy": {"strategy.name": "random"},
     "dropout": {"model.dropout": 0.3, "model.layers": 2},
     "random-partition": {"data.partition": "random"},
+    "tbptt": {"strategy.name": "tbptt", "strategy.k2": 8},
+    "random-floor": {"strategy.name": "random", "strategy.floor": 2, "strategy.schedule": "polytail"},
     # AdamW carries per-parameter state (moments, step count) that SGD lacks: resume must restore it.
     # Weight decay and a cosine rate over a 400-character budget (half spent by step N), as configs/default.yaml.
     "adam": {"optim.optimizer": "adam", "optim.lr": 0.01, "optim.weight_decay": 0.1, "optim.schedule": "cosine",
