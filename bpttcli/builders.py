@@ -41,7 +41,8 @@ def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False
 
 def build_model(config: Config, vocab_size: int) -> CharRNN:
     m = config.model
-    return CharRNN(vocab_size, m.cell, m.hidden, m.layers, m.dropout, m.embedding)
+    return CharRNN(vocab_size, m.cell, m.hidden, m.layers, m.dropout, m.embedding, m.weight_drop, m.locked_dropout,
+                   m.embed_dropout)
 
 
 def build_optimizer(config: Config, model: CharRNN) -> torch.optim.Optimizer:

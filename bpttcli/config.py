@@ -61,6 +61,9 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.0
     embedding: int = 0  # 0 means one-hot input
+    weight_drop: float = 0.0  # DropConnect on W_hh, one mask per segment
+    locked_dropout: float = 0.0  # variational dropout: one mask per stream and segment, on every layer's output
+    embed_dropout: float = 0.0  # drop whole rows of the embedding (needs model.embedding > 0)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class OptimConfig:
     clip: float = 1.0  # global L2 norm; 0 disables
     weight_decay: float = 0.0
     schedule: LrSchedule = LrSchedule.constant
+    average: float = 0.0  # decay of the weights' moving average used to validate, save best.pt and sample; 0 = off
 
 
 @dataclass
@@ -260,6 +264,10 @@ def validate(c: Config) -> Config:
     _check(c.model.layers > 0, "model.layers", "> 0", c.model.layers)
     _check(0 <= c.model.dropout < 1, "model.dropout", "in [0, 1)", c.model.dropout)
     _check(c.model.embedding >= 0, "model.embedding", ">= 0 (0 = one-hot)", c.model.embedding)
+    for key in ("weight_drop", "locked_dropout", "embed_dropout"):
+        _check(0 <= getattr(c.model, key) < 1, f"model.{key}", "in [0, 1)", getattr(c.model, key))
+    _check(c.model.embedding > 0 or c.model.embed_dropout == 0, "model.embed_dropout",
+           "0 with one-hot input (set model.embedding > 0)", c.model.embed_dropout)
     _check(c.strategy.tau > 0, "strategy.tau", "> 0", c.strategy.tau)
     _check(c.strategy.alpha > 2, "strategy.alpha", "> 2", c.strategy.alpha)
     _check(0 <= c.strategy.floor < c.strategy.tau, "strategy.floor", "in [0, strategy.tau)", c.strategy.floor)
@@ -270,6 +278,7 @@ def validate(c: Config) -> Config:
     _check(c.optim.lr > 0, "optim.lr", "> 0", c.optim.lr)
     _check(c.optim.clip >= 0, "optim.clip", ">= 0 (0 disables clipping)", c.optim.clip)
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", ">= 0", c.optim.weight_decay)
+    _check(0 <= c.optim.average < 1, "optim.average", "in [0, 1) (0 = off)", c.optim.average)
     _check(c.train.epochs > 0, "train.epochs", "> 0", c.train.epochs)
     _check(c.train.max_steps >= 0, "train.max_steps", ">= 0 (0 = no limit)", c.train.max_steps)
     _check(c.train.max_tokens >= 0, "train.max_tokens", ">= 0 (0 = no limit)", c.train.max_tokens)

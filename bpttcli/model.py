@@ -1,4 +1,13 @@
-"""The character-level language model: one-hot (or embedded) input, stacked recurrent layers, a linear head."""
+"""The character-level language model: one-hot (or embedded) input, stacked recurrent layers, a linear head.
+
+Regularisation of the recurrence (AWD-LSTM, Merity et al. 2017), each with one mask per segment,
+drawn by `draw_masks` before the segment's forward pass and used by training forward passes only:
+- weight drop: DropConnect on W_hh; the hand-written backward receives the masked W_hh, so the
+  gradient through h_{t-1} -> h_t uses the same mask as the forward pass;
+- locked (variational) dropout: one mask per stream, the same at every step, on each layer's output
+  and, with an embedding, on its output (Gal & Ghahramani 2016);
+- embedding dropout: whole rows of the embedding (characters) dropped.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +36,11 @@ class RecurrentLayer(nn.Module):
         bound = 1 / math.sqrt(hidden)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+        self.weight_mask: torch.Tensor | None = None  # weight drop's mask on W_hh, scaled by 1/(1-p)
+
+    def recurrent_weight(self) -> torch.Tensor:
+        """W_hh, times weight drop's mask while training."""
+        return self.weight_hh if self.weight_mask is None or not self.training else self.weight_hh * self.weight_mask
 
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
         """Input projections for the whole window at once: token ids [T, B] or features [T, B, I]."""
@@ -35,16 +49,20 @@ class RecurrentLayer(nn.Module):
         return F.linear(inputs, self.weight_ih, self.bias_ih)
 
     def forward(self, inputs, state, xi):
-        return recur(self.cell, self.project(inputs), state, self.weight_hh, self.bias_hh, xi)
+        return recur(self.cell, self.project(inputs), state, self.recurrent_weight(), self.bias_hh, xi)
 
 
 class CharRNN(nn.Module):
     def __init__(
         self, vocab_size: int, cell: Cell = Cell.rnn, hidden: int = 512, layers: int = 1,
-        dropout: float = 0.0, embedding: int = 0,
+        dropout: float = 0.0, embedding: int = 0, weight_drop: float = 0.0, locked_dropout: float = 0.0,
+        embed_dropout: float = 0.0,
     ):
         super().__init__()
         self.cell, self.hidden = Cell(cell), hidden
+        self.weight_drop, self.locked_dropout, self.embed_dropout = weight_drop, locked_dropout, embed_dropout
+        self.locked_masks: list[torch.Tensor | None] = []  # [B, size] per dropped tensor: input (embedded), layers
+        self.embed_mask: torch.Tensor | None = None
         self.embed = nn.Embedding(vocab_size, embedding) if embedding else None
         sizes = [embedding or vocab_size] + [hidden] * (layers - 1)
         self.layers = nn.ModuleList(
@@ -57,13 +75,36 @@ class CharRNN(nn.Module):
         zeros = lambda: self.head.weight.new_zeros(batch_size, self.hidden)  # noqa: E731
         return [(zeros(), zeros()) if self.cell is Cell.lstm else (zeros(),) for _ in self.layers]
 
+    def draw_masks(self, batch_size: int) -> None:
+        """New regularisation masks for the next segment (none when evaluating or when every rate is 0)."""
+        def keep(shape, p):
+            return torch.bernoulli(self.head.weight.new_full(shape, 1 - p)) / (1 - p) if self.training and p else None
+
+        for layer in self.layers:
+            layer.weight_mask = keep(layer.weight_hh.shape, self.weight_drop)
+        sizes = ([self.embed.embedding_dim] if self.embed is not None else []) + [self.hidden] * len(self.layers)
+        self.locked_masks = [keep((batch_size, size), self.locked_dropout) for size in sizes]
+        self.embed_mask = keep((self.embed.num_embeddings, 1), self.embed_dropout) if self.embed is not None else None
+
+    def embedded(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding of token ids x, with embedding dropout's rows zeroed while training."""
+        weight = self.embed.weight
+        if self.training and self.embed_mask is not None:
+            weight = weight * self.embed_mask
+        return F.embedding(x, weight)
+
+    def locked(self, index: int, inputs: torch.Tensor) -> torch.Tensor:
+        """`inputs` [T, B, size] times locked mask `index` (the same at every step) while training."""
+        masks = self.locked_masks if self.training else []
+        return inputs * masks[index] if index < len(masks) and masks[index] is not None else inputs
+
     def forward(self, x: torch.Tensor, state: State, xi: list[float] | None = None):
         """Logits [T, B, V] for token ids x [T, B]; `xi` weights each step's h_{t-1} -> h_t gradient."""
-        inputs = self.embed(x) if self.embed is not None else x
+        inputs, first = (self.locked(0, self.embedded(x)), 1) if self.embed is not None else (x, 0)
         new_state = []
-        for layer, layer_state in zip(self.layers, state):
+        for i, (layer, layer_state) in enumerate(zip(self.layers, state)):
             inputs, layer_state = layer(inputs, layer_state, xi)
-            inputs = self.drop(inputs)
+            inputs = self.drop(self.locked(first + i, inputs))
             new_state.append(layer_state)
         return self.head(inputs), new_state
 

@@ -13,6 +13,7 @@ from . import checkpoint
 from .builders import build_model, build_optimizer, load_dataset, prepare_process
 from .config import Config, LrSchedule, Partition, dump_yaml, to_dict
 from .data import RandomWindows, SequentialStreams
+from .averaging import WeightAverage
 from .engine import Replay, evaluate
 from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, reason
 from .fsutil import atomic_write_text, ensure_dir
@@ -46,6 +47,7 @@ class Trainer:
             raise CheckpointError("resume: the corpus's vocabulary differs from the checkpoint's; use the same --data")
         self.model = build_model(config, len(self.data.vocab)).to(self.device)
         self.optimizer = build_optimizer(config, self.model)
+        self.average = WeightAverage(self.model, config.optim.average)
         d, s = config.data, config.strategy
         self.batcher = (SequentialStreams(self.data.train, d.batch_size, s.tau, self.generator)
                         if d.partition is Partition.sequential else RandomWindows(self.data.train, d.batch_size, self.generator))
@@ -133,6 +135,7 @@ class Trainer:
         x, y = (t.to(self.device, non_blocking=True) for t in self.batcher.next(segment.length))
         if not self.batcher.carries_state:
             self.state = self.model.init_state(x.shape[1])
+        self.model.draw_masks(x.shape[1])
         loss, state = self.replay.forward(self.model, x, y, self.state, segment, self.config.train.recompute)
         (loss / self.norm).backward()
         clip = self.config.optim.clip
@@ -141,6 +144,7 @@ class Trainer:
             group["lr"] = self.learning_rate()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.average.update(self.model)
         self.state = detach_state(state)
         self.updates += 1
         self.tokens += y.numel()
@@ -207,7 +211,8 @@ class Trainer:
         self.log.evaluated_at = self.updates
         if len(self.data.val) < 2:
             return True  # no validation split: the latest weights are the best we know
-        val_loss = evaluate(self.model, self.data.val, c.data.batch_size, c.strategy.tau)
+        with self.average.applied(self.model):
+            val_loss = evaluate(self.model, self.data.val, c.data.batch_size, c.strategy.tau)
         improved = self.log.record_eval(self._position(), val_loss, self._elapsed())
         self._show()
         return improved
@@ -234,7 +239,8 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self._diverged(f"step {self.updates} (non-finite weights)")
         payload = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(), **self.average.checkpoint(self.model),
+            "optimizer": self.optimizer.state_dict(),
             "vocab": self.data.vocab.to_list(), "config": to_dict(self.config), **state,
             "summary": {**self.summary(), "grad_norms": torch.tensor(self.log.norm_history)},
         }
@@ -244,7 +250,8 @@ class Trainer:
     def _restore(self, p: dict) -> float:
         """Continue from checkpoint payload `p`; returns the run's elapsed time so far."""
         try:
-            self.model.load_state_dict(p["model"])
+            self.model.load_state_dict(p.get("train_model", p["model"]))
+            self.average.load_state_dict(p.get("average"), self.device)
             self.optimizer.load_state_dict(p["optimizer"])
             self.updates, self.epoch, self.tokens = p["step"], p["epoch"], p["tokens"]
             torch.set_rng_state(p["rng"]["torch"])

@@ -44,7 +44,8 @@ def unrolled_forward(model: CharRNN, x: torch.Tensor, state: State, xi: list[flo
     node whose `.grad` is kept (`retain_grad`) so callers can read dL/dh_t after backward.
     """
     steps = x.shape[0]
-    inputs = model.embed(x) if model.embed is not None else F.one_hot(x, model.head.out_features).to(
+    first = 1 if model.embed is not None else 0
+    inputs = model.locked(0, model.embedded(x)) if first else F.one_hot(x, model.head.out_features).to(
         model.head.weight.dtype
     )
     state = [tuple(s) for s in state]
@@ -55,12 +56,12 @@ def unrolled_forward(model: CharRNN, x: torch.Tensor, state: State, xi: list[flo
             weight = 1.0 if xi is None else float(xi[t])
             prev = tuple(scale_grad(s, weight) for s in state[i])
             args = (below, prev if layer.cell is Cell.lstm else prev[0])
-            new = _CELLS[layer.cell](*args, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh)
+            new = _CELLS[layer.cell](*args, layer.weight_ih, layer.recurrent_weight(), layer.bias_ih, layer.bias_hh)
             state[i] = tuple(new) if layer.cell is Cell.lstm else (new,)
             h = state[i][0]
             h.retain_grad()
             step_hiddens.append(h)
-            below = model.drop(h)
+            below = model.drop(model.locked(first + i, h[None])[0])
         hiddens.append(step_hiddens)
         outputs.append(below)
     return model.head(torch.stack(outputs)), state, hiddens

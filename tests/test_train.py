@@ -34,6 +34,8 @@ VARIANTS = {
     "dropout": {"model.dropout": 0.3, "model.layers": 2},
     "random-partition": {"data.partition": "random"},
     "tbptt": {"strategy.name": "tbptt", "strategy.k2": 8},
+    "awd": {"model.cell": "lstm", "model.embedding": 8, "model.weight_drop": 0.3, "model.locked_dropout": 0.2,
+            "model.embed_dropout": 0.1, "optim.average": 0.9, "optim.optimizer": "adam", "optim.lr": 0.01},
     "random-floor": {"strategy.name": "random", "strategy.floor": 2, "strategy.schedule": "polytail"},
     # AdamW carries per-parameter state (moments, step count) that SGD lacks: resume must restore it.
     # Weight decay and a cosine rate over a 400-character budget (half spent by step N), as configs/default.yaml.
@@ -340,3 +342,13 @@ def test_unwritable_run_dir_and_existing_run_are_refused(bptt, bptt_error, corpu
 
 def test_resume_from_a_directory_without_checkpoint(bptt_error, tmp_path):
     assert "has no last.pt to resume from" in bptt_error("train", "--resume", tmp_path, code=5)
+
+
+def test_averaged_weights_are_what_checkpoints_serve(corpus, tmp_path):
+    """With optim.average, best.pt/last.pt's "model" is the average (sample/eval/analyze load it), and
+    "train_model" the trained weights that a resume continues from."""
+    train(config(corpus, train__max_steps=12, optim__average=0.9), tmp_path / "run", quiet=True)
+    payload = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert set(payload["model"]) == set(payload["train_model"])
+    assert any(not torch.equal(payload["model"][k], payload["train_model"][k]) for k in payload["model"])
+    assert payload["average"]["updates"] == 12
