@@ -321,5 +321,34 @@ def influence_balancing(
     stdout.print(f"wrote {json_path} and {png}")
 
 
+@demo_app.command("recall")
+@friendly
+def recall(
+    gap: Annotated[Optional[list[int]], typer.Option(help="G, filler steps between a symbol and its recall (repeatable) \\[default: 5, 10, 20, 40].")] = None,
+    tau: Annotated[int, typer.Option(help="tau of truncated and TBPTT's k1, and the mean segment length of random.")] = 10,
+    symbols: Annotated[int, typer.Option(help="Symbols to remember (chance accuracy is 1/symbols).")] = 4,
+    sequences: Annotated[int, typer.Option(help="Backward work per strategy, in training sequences' worth of steps.")] = 16000,
+    hidden: Annotated[int, typer.Option(help="GRU hidden units.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Seed of the weights, the sequences and the cuts.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory \\[default: analysis/<time>-recall].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Delayed recall: which strategy learns a dependency longer than tau? Accuracy against the gap G, per strategy.
+
+    Each sequence is a symbol, G fillers, a cue and the symbol again; every strategy trains the same GRU for the same backward work.
+
+    Example: [bold]bptt demo recall --gap 5 --gap 20 --tau 10[/]
+    """
+    from . import recall as lib
+
+    settings = lib.Settings(gaps=tuple(gap or (5, 10, 20, 40)), tau=tau, symbols=symbols, sequences=sequences,
+                            hidden=hidden, lr=lr, seed=seed)
+    result = lib.sweep(settings, quiet)
+    json_path, png = lib.save(result, out or lib.default_out())
+    stdout.print(lib.table(result))
+    stdout.print(f"wrote {json_path} and {png}")
+
+
 def main() -> None:
     app()
