@@ -42,10 +42,10 @@ class Settings:
     tau: int = 10
     symbols: int = 4
     episodes: int = 1  # per sequence
-    sequences: int = 16000  # backward work per strategy, in sequences' worth of steps
+    sequences: int = 32000  # backward work per strategy, in sequences' worth of steps
     batch: int = 32
     hidden: int = 32
-    lr: float = 0.01
+    lr: float = 0.03
     seed: int = 0
 
     def check(self) -> None:
