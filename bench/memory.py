@@ -1,10 +1,14 @@
-"""Peak memory of a piece of work, as the bytes tensors hold beyond what was allocated before it.
+"""Allocation peak of a piece of work: the most bytes tensors held at once beyond what was allocated before it.
+
+The benchmark's recompute section uses this instead of the shared meter (bpttcli/memory.py, which the
+memory section and `bptt compare` use): that meter counts the tensors autograd saves for backward,
+and torch.utils.checkpoint's own saved-tensor hooks hide those inside a checkpointed segment.
 
 CPU: torch's memory profiler (`profile_memory=True`) records every allocation and free of the
 CPU allocator with a timestamp; the running sum in time order peaks at the answer. This counts
 tensor storage only (not the Python heap, not allocator caching), and it counts every allocation,
 including those made and freed inside one operator. CUDA: the caching allocator's own peak
-statistics. Other devices: not measured (None).
+statistics (bpttcli.memory.CudaPeak). Other devices: not measured (None).
 """
 
 from __future__ import annotations
@@ -18,16 +22,15 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bpttcli.memory import CudaPeak
 
-def peak_bytes(work: Callable[[], None], device: torch.device) -> int | None:
+
+def allocation_peak(work: Callable[[], None], device: torch.device) -> int | None:
     """Peak of (bytes allocated - bytes freed) while `work()` runs, from zero at its start."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        work()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
+        with CudaPeak(device) as meter:
+            work()
+        return meter.peak
     if device.type != "cpu":
         work()
         return None

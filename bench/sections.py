@@ -17,12 +17,13 @@ from torch import nn
 
 from bpttcli import recurrence
 from bpttcli.engine import forward_loss
+from bpttcli.memory import memory_measure, memory_meter
 from bpttcli.model import CharRNN
 
 import check_grads
 import gemm as gemm_rates
 from baseline import BuiltinLM
-from memory import peak_bytes
+from memory import allocation_peak
 from runners import TrainerLoop, baseline_loop
 
 BATCH, TAU, VOCAB = 32, 35, 28
@@ -209,7 +210,8 @@ def flush_denormals():
 
 
 def memory(args, data, device) -> dict:
-    """Peak bytes of one full-BPTT step against L, over the bytes of the L hidden states (L * B * H * 4)."""
+    """Peak bytes of one full-BPTT step against L (`bptt compare`'s meter), over the bytes of the L hidden
+    states (L * B * H * 4)."""
     with flush_denormals():
         return _memory(args, device)
 
@@ -221,12 +223,14 @@ def _memory(args, device) -> dict:
         for impl, make in makers.items():
             make(cell, hidden, 8, device)()  # warm up lazily created state
             for length in args.lengths:
-                started = time.perf_counter()
-                peak = peak_bytes(make(cell, hidden, length, device), device)
+                started, step = time.perf_counter(), make(cell, hidden, length, device)
+                with memory_meter(device) as meter:
+                    step()
                 states = length * BATCH * hidden * 4
-                rows.append({"cell": cell, "impl": impl, "length": length, "peak_bytes": peak, "state_bytes": states,
-                             "ratio": None if peak is None else peak / states, "seconds": time.perf_counter() - started})
-    return {"hidden": hidden, "batch": BATCH, "rows": rows}
+                rows.append({"cell": cell, "impl": impl, "length": length, "peak_bytes": meter.peak,
+                             "state_bytes": states, "ratio": meter.peak / states,
+                             "seconds": time.perf_counter() - started})
+    return {"hidden": hidden, "batch": BATCH, "measure": memory_measure(device), "rows": rows}
 
 
 # -------------------------------------------------------------------------------------- recompute
@@ -264,7 +268,7 @@ def _gradient_and_peak(cell: str, hidden: int, length: int, device, recompute_fl
         (loss / (BATCH * length)).backward()
 
     started = time.perf_counter()
-    peak = peak_bytes(work, device)
+    peak = allocation_peak(work, device)
     grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double().cpu()
     return {"peak": peak, "grad": grad, "seconds": time.perf_counter() - started}
 

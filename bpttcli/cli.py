@@ -238,12 +238,13 @@ def compare(
     Example: [bold]bptt compare --strategies truncated,random --seeds 0,1 --budget-tokens 300000 --out compare/demo[/]
     """
     from . import compare as lib
+    from .compare_report import rich_table, tables
 
     variants, seed_list = lib.parse_strategies(strategies), lib.parse_seeds(seeds)
     cfg = lib.compare_config(config, data, budget_tokens, max_time, set_ or [])
     results = lib.compare(cfg, variants, seed_list, out, gradient_quality)
-    for table in lib.tables(results):
-        stdout.print(lib.rich_table(*table))
+    for table in tables(results):
+        stdout.print(rich_table(*table))
     stdout.print(f"{results['out']}: results.json, results.csv, results.md, curves.png ({results['elapsed']:.0f}s)")
 
 

@@ -160,3 +160,19 @@ def make_strategy(
         return TBPTT(tau, k2 or 2 * tau)
     return RandomTruncation(tau, schedule, alpha, floor)
 
+
+
+# The variants `bptt compare` runs side by side: a name for each (strategy, schedule), and `random` for both schedules.
+VARIANTS = {
+    "full": (StrategyName.full, Schedule.geometric),
+    "truncated": (StrategyName.truncated, Schedule.geometric),
+    "random-geometric": (StrategyName.random, Schedule.geometric),
+    "random-polytail": (StrategyName.random, Schedule.polytail),
+}
+GROUPS = {"random": ["random-geometric", "random-polytail"]}
+
+
+def make_variant(variant: str, tau: int, alpha: float = 4.0) -> Strategy:
+    """The strategy a VARIANTS name stands for, the state carried (so `full` spans everything available)."""
+    name, schedule = VARIANTS[variant]
+    return make_strategy(name, tau, True, schedule, alpha)

@@ -155,8 +155,9 @@ def _config_keys(cls=None, prefix="") -> set[str]:
 def test_every_option_maps_to_a_real_config_key_and_a_real_parameter():
     import inspect
 
-    from bpttcli import cli
+    from bpttcli import cli, compare
 
-    for command, keys in ((cli.train, cli.TRAIN_KEYS), (cli.analyze, cli.ANALYZE_KEYS)):
+    tables = ((cli.train, cli.TRAIN_KEYS), (cli.analyze, cli.ANALYZE_KEYS), (cli.compare, compare.OPTION_KEYS))
+    for command, keys in tables:
         assert set(keys.values()) <= _config_keys(), set(keys.values()) - _config_keys()
         assert set(keys) <= set(inspect.signature(command).parameters)
