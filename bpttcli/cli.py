@@ -221,7 +221,8 @@ def sample(
 @friendly
 def compare(
     strategies: Annotated[str, typer.Option(help=(
-        "Comma-separated: full, truncated, random (both schedules), random-geometric, random-polytail."))]
+        "Comma-separated: full, full-window, truncated, random (both schedules), random-geometric, random-polytail, "
+        "random-floor, tbptt."))]
     = "full,truncated,random",
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config \\[default: configs/compare.yaml].")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds: each strategy trains once per seed.")] = "0,1,2",

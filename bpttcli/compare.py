@@ -74,7 +74,11 @@ def run_dir(root: Path, variant: str, seed: int) -> Path:
 
 def run_config(base: Config, variant: str, seed: int, directory: Path) -> Config:
     config = copy.deepcopy(base)
-    config.strategy.name, config.strategy.schedule = VARIANTS[variant]
+    v, tau = VARIANTS[variant], config.strategy.tau
+    config.strategy.name, config.strategy.schedule, config.strategy.floor, config.strategy.k2 = (
+        v.name, v.schedule, v.floor(tau), v.k2(tau))
+    if not v.carries_state:
+        config.data.partition = Partition.random
     config.train.seed, config.train.run_dir = seed, str(directory)
     if config.strategy.name is StrategyName.full and config.data.partition is Partition.sequential:
         config.train.log_every = config.train.eval_every = 1  # one update per epoch: log and validate each

@@ -115,6 +115,7 @@ QUALITY_COLUMNS = [
     ("cosine", lambda r: f"{r['cosine']:.3f}"),
     ("reach", lambda r: f"{r['reach']:.2f}"),
     ("memory", lambda r: f"{r['memory']:.2f}"),
+    ("backward", lambda r: f"{r['backward']:.2f}"),
 ]
 
 
@@ -138,8 +139,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
             *cells(QUALITY_COLUMNS, q["rows"]),
             "against exact BPTT over each window: bias ||E[g] - g||/||g|| (bias floor: what an unbiased "
             "estimator shows from this many draws), rel sd, cosine; reach: share of (target, earlier step) "
-            "pairs the gradient connects; memory: longest segment / window. Each strategy backpropagates "
-            "every step once, so the backward cost is the same for all.",
+            "pairs the gradient connects; memory: longest backpropagated span / window; backward: steps "
+            "backpropagated / window (1 for every strategy but tbptt, which replays its context).",
         ))
     return out
 

@@ -29,24 +29,28 @@ from .strategies import Full, RandomTruncation, Strategy
 WINDOWS, DRAWS, WINDOW_FACTOR = 4, 8, 5  # K windows of 5 tau steps, M draws of a random strategy
 
 
-def draw_gradient(model, x, y, strategy: Strategy, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
-    """One gradient of `strategy` over the window from a fresh state, and the segment lengths it drew."""
-    replay = torch.Generator().set_state(generator.get_state())
-    lengths = [part.stop - part.start for part, _ in segments(strategy, len(x), replay)]
-    return window_gradient(model, x, y, model.init_state(x.shape[1]), strategy, generator, y.numel()), lengths
+Span = tuple[int, int]  # a segment's new steps and the context steps it ran again (TBPTT)
 
 
-def score(grads: torch.Tensor, exact: torch.Tensor, lengths: list[list[int]]) -> dict:
-    """Bias, relative sd and cosine of gradient draws [M, P] against the exact gradient; reach and memory."""
-    scale, mean, window = exact.norm(), grads.mean(0), sum(lengths[0])
+def draw_gradient(model, x, y, strategy: Strategy, generator: torch.Generator) -> tuple[torch.Tensor, list[Span]]:
+    """One gradient of `strategy` over the window from a fresh state, and the segments it drew."""
+    same_draws = torch.Generator().set_state(generator.get_state())
+    spans = [(s.length, min(s.context, part.start)) for part, s in segments(strategy, len(x), same_draws)]
+    return window_gradient(model, x, y, model.init_state(x.shape[1]), strategy, generator, y.numel()), spans
+
+
+def score(grads: torch.Tensor, exact: torch.Tensor, spans: list[list[Span]]) -> dict:
+    """Bias, relative sd and cosine of gradient draws [M, P] against the exact gradient; reach, memory, backward."""
+    scale, mean, window = exact.norm(), grads.mean(0), sum(n for n, _ in spans[0])
     spread = ((grads - mean).norm(dim=1).pow(2).sum() / max(len(grads) - 1, 1)).sqrt() / scale
-    pairs = statistics.mean(sum(n * (n + 1) / 2 for n in draw) for draw in lengths)
+    pairs = statistics.mean(sum(n * c + n * (n + 1) / 2 for n, c in draw) for draw in spans)
     return {
         "bias": float((mean - exact).norm() / scale), "rel_sd": float(spread),
         "bias_floor": float(spread) / math.sqrt(len(grads)),
         "cosine": float(F.cosine_similarity(grads, exact[None]).mean()),
         "reach": pairs / (window * (window + 1) / 2),
-        "memory": statistics.mean(max(draw) for draw in lengths) / window,
+        "memory": statistics.mean(max(n + c for n, c in draw) for draw in spans) / window,
+        "backward": statistics.mean(sum(n + c for n, c in draw) for draw in spans) / window,
     }
 
 
@@ -57,8 +61,8 @@ def probe(model, windows, strategies: dict[str, Strategy], draws: int, generator
         exact, _ = draw_gradient(model, x, y, Full(len(x)), generator)
         for name, strategy in strategies.items():
             n = draws if isinstance(strategy, RandomTruncation) else 1
-            grads, lengths = zip(*(draw_gradient(model, x, y, strategy, generator) for _ in range(n)))
-            results[name].append(score(torch.stack(grads), exact, list(lengths)))
+            grads, spans = zip(*(draw_gradient(model, x, y, strategy, generator) for _ in range(n)))
+            results[name].append(score(torch.stack(grads), exact, list(spans)))
     return {name: {k: statistics.mean(r[k] for r in rows) for k in rows[0]} for name, rows in results.items()}
 
 

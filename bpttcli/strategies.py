@@ -163,16 +163,36 @@ def make_strategy(
 
 
 # The variants `bptt compare` runs side by side: a name for each (strategy, schedule), and `random` for both schedules.
+@dataclass(frozen=True)
+class Variant:
+    """A strategy with its settings, as `bptt compare` runs it; floor and k2 are given relative to tau."""
+
+    name: StrategyName
+    schedule: Schedule = Schedule.geometric
+    floor_share: float = 0.0  # floor = floor_share * tau
+    k2_factor: int = 0  # k2 = k2_factor * tau (0: the default, 2 tau)
+    carries_state: bool = True  # False: independent windows from a fresh state (random partitioning)
+
+    def floor(self, tau: int) -> int:
+        return int(self.floor_share * tau)
+
+    def k2(self, tau: int) -> int:
+        return self.k2_factor * tau
+
+
 VARIANTS = {
-    "full": (StrategyName.full, Schedule.geometric),
-    "truncated": (StrategyName.truncated, Schedule.geometric),
-    "random-geometric": (StrategyName.random, Schedule.geometric),
-    "random-polytail": (StrategyName.random, Schedule.polytail),
+    "full": Variant(StrategyName.full),  # with the state carried: the whole epoch
+    "full-window": Variant(StrategyName.full, carries_state=False),  # exact over independent windows of tau
+    "truncated": Variant(StrategyName.truncated),
+    "random-geometric": Variant(StrategyName.random, Schedule.geometric),
+    "random-polytail": Variant(StrategyName.random, Schedule.polytail),
+    "random-floor": Variant(StrategyName.random, Schedule.polytail, floor_share=0.5),
+    "tbptt": Variant(StrategyName.tbptt, k2_factor=2),
 }
 GROUPS = {"random": ["random-geometric", "random-polytail"]}
 
 
 def make_variant(variant: str, tau: int, alpha: float = 4.0) -> Strategy:
-    """The strategy a VARIANTS name stands for, the state carried (so `full` spans everything available)."""
-    name, schedule = VARIANTS[variant]
-    return make_strategy(name, tau, True, schedule, alpha)
+    """The strategy a VARIANTS name stands for (with the state carried, `full` spans everything available)."""
+    v = VARIANTS[variant]
+    return make_strategy(v.name, tau, v.carries_state, v.schedule, alpha, v.floor(tau), v.k2(tau))

@@ -156,3 +156,15 @@ def test_parsers():
     assert lib.parse_strategies("random, truncated,random-geometric") == ["random-geometric", "random-polytail",
                                                                            "truncated"]
     assert lib.parse_seeds("2,0") == [2, 0]
+
+
+def test_beyond_the_chapter_tbptt_floor_and_full_over_windows(corpus, tmp_path):
+    results = lib.compare(tiny_config(corpus, budget=400), ["full-window", "random-floor", "tbptt"], [0], tmp_path)
+    r, runs = rows(results), {run["strategy"]: run for run in results["runs"]}
+    assert runs["full-window"]["segment_max"] == TAU and runs["full-window"]["step"] > 5  # windows of tau
+    assert runs["tbptt"]["segment_max"] == TAU and runs["random-floor"]["segment_max"] > TAU // 2
+    quality = {(q["strategy"], q["at"]): q for q in results["gradient_quality"]["rows"]}
+    assert quality["tbptt", "initial"]["backward"] > 1.5  # it replays tau steps of context per segment
+    assert quality["tbptt", "initial"]["reach"] > quality["full-window", "initial"]["reach"]
+    assert quality["random-floor", "initial"]["backward"] == 1
+    assert r["tbptt"]["best_val_ppl"]["mean"] < 60

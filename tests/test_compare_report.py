@@ -59,13 +59,13 @@ def test_tables_and_markdown_with_and_without_gradient_quality():
     assert caption == "mean ± sd over seeds 0, 1; peak MiB: something"
     quality = {"windows": 2, "length": 30, "draws": 4, "rows": [
         {"strategy": "full", "at": "initial", "bias": 0.0, "bias_floor": 0.0, "rel_sd": 0.0, "cosine": 1.0,
-         "reach": 1.0, "memory": 1.0}]}
+         "reach": 1.0, "memory": 1.0, "backward": 1.0}]}
     title, headers, rows, _ = report.tables(results(quality))[2]
     assert title == "gradient quality: 2 windows of 30 steps, 4 draws per random strategy"
-    assert rows == [["full", "initial", "0.000", "0.000", "0.000", "1.000", "1.00", "1.00"]] and len(headers) == 8
+    assert rows == [["full", "initial", "0.000", "0.000", "0.000", "1.000", "1.00", "1.00", "1.00"]] and len(headers) == 9
     md = report.markdown(results(quality))
     assert md.startswith("# bptt compare\n") and "**GRU | test**" in md and "| truncated | 5.00±1.41 |" in md
-    assert "| full | initial | 0.000 |" in md and all(line.count(" | ") == 7 for line in md.splitlines()
+    assert "| full | initial | 0.000 |" in md and all(line.count(" | ") == 8 for line in md.splitlines()
                                                          if line.startswith("| full | initial"))
     assert report.rich_table(*report.tables(results())[0]).row_count == 2
 

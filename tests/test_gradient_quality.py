@@ -20,12 +20,19 @@ WINDOW = 5 * TAU
 
 def test_score_by_hand():
     grads, exact = torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([2.0, 0.0])
-    s = score(grads, exact, [[2, 1], [1, 2]])
+    s = score(grads, exact, [[(2, 0), (1, 0)], [(1, 0), (2, 0)]])
     assert s["bias"] == 0 and s["cosine"] == 1
     assert s["rel_sd"] == pytest.approx(2**0.5 / 2) and s["bias_floor"] == pytest.approx(0.5)  # sd / ||g||, / sqrt(M)
     assert s["reach"] == pytest.approx(4 / 6)  # 3 + 1 of the 6 (target, earlier step) pairs of 3 steps
-    assert s["memory"] == pytest.approx(2 / 3)
-    assert score(torch.tensor([[2.0, 2.0]]), exact, [[3]])["bias"] == pytest.approx(1)  # ||(0, 2)|| / ||(2, 0)||
+    assert s["memory"] == pytest.approx(2 / 3) and s["backward"] == 1
+    assert score(torch.tensor([[2.0, 2.0]]), exact, [[(3, 0)]])["bias"] == pytest.approx(1)  # ||(0, 2)|| / ||(2, 0)||
+
+
+def test_score_counts_the_context_tbptt_replays():
+    """Segments of 2 new steps, the second replaying 1 step before it: 3 + (2 * 1 + 3) of 10 pairs."""
+    s = score(torch.tensor([[1.0, 0.0]]), torch.tensor([1.0, 0.0]), [[(2, 0), (2, 1)]])
+    assert s["reach"] == pytest.approx(8 / 10) and s["memory"] == pytest.approx(3 / 4)
+    assert s["backward"] == pytest.approx(5 / 4)
 
 
 @pytest.fixture(scope="module")
