@@ -137,6 +137,21 @@ def test_cli_prints_tables(bptt, corpus, tmp_path):
     assert "gradient quality" not in result.stdout
 
 
+def test_tables_fit_80_columns_with_every_cell_whole(done):
+    import io
+
+    from rich.console import Console
+
+    results, _ = done
+    for title, headers, rows, caption in lib.tables(results):
+        out = io.StringIO()
+        Console(file=out, width=80, color_system=None).print(lib.rich_table(title, headers, rows, ""))
+        text = out.getvalue()
+        assert all(len(line.rstrip()) <= 80 for line in text.splitlines()) and "…" not in text, text
+        for row in rows:  # each row on one line, every cell whole
+            assert any(all(cell in line for cell in row) for line in text.splitlines()), row
+
+
 @pytest.mark.parametrize("args, message", [
     (("--strategies", "full,bogus"), "unknown strategy 'bogus'"),
     (("--strategies", ""), "unknown strategy ''"),
