@@ -107,6 +107,14 @@ def save(fig: Figure, path: Path, dpi: int = 120) -> None:
 # ------------------------------------------------------------------ curves of runs
 X_AXES = {"chars": ("tokens", "training characters"), "time": ("elapsed", "wall time (s)"), "step": ("step", "update")}
 LOG_METRICS = {"ppl", "val_ppl", "best_val_ppl", "grad_norm_mean", "grad_norm_max", "max_weight"}
+LABELS = {  # the y-axis label of a metric; others show their metrics.jsonl name
+    "val_ppl": "validation perplexity", "best_val_ppl": "best validation perplexity", "ppl": "training perplexity",
+    "loss": "training loss (nats per char)", "val_loss": "validation loss (nats per char)",
+    "grad_norm_mean": "pre-clip gradient norm, mean", "grad_norm_max": "pre-clip gradient norm, max",
+    "clip_rate": "share of updates clipped", "lr": "learning rate", "tokens_per_s": "characters per second",
+    "segment_mean": "segment length, mean", "segment_max": "segment length, max",
+    "max_weight": "largest compensation factor ξ",
+}
 
 
 def metric_curve(run_dir: Path, metric: str, x: str = "chars", missing_ok: bool = False) -> tuple[list, list]:
@@ -137,4 +145,4 @@ def plot_runs(path: Path, runs: dict[str, Path], metric: str, x: str = "chars", 
     series = [Series(label, *metric_curve(run, metric, x)) for label, run in runs.items()]
     values = [v for s in series for v in s.y]
     logy = metric in LOG_METRICS and all(math.isfinite(v) and v > 0 for v in values)
-    return plot_lines(path, series, X_AXES[x][1], metric, title, logy=logy)
+    return plot_lines(path, series, X_AXES[x][1], LABELS.get(metric, metric), title, logy=logy)

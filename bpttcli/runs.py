@@ -120,7 +120,7 @@ def collect(root: Path) -> list[dict]:
 
 def table(rows: list[dict], root: Path) -> Table:
     """The rows as a table; a long run name folds onto a second line rather than lose characters."""
-    t = Table(title=f"runs under {root}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+    t = Table(title=f"runs under {root}", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
               padding=(0, 1, 0, 0))
     t.add_column("run", overflow="fold", min_width=8)
     for header in ("model", "strategy", "steps", "chars", "best\nval ppl", "wall", "status"):

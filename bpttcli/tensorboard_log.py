@@ -4,7 +4,8 @@ Optional: `pip install 'bptt[tensorboard]'`, then `bptt train --tensorboard` and
 `tensorboard --logdir runs`. Each numeric field of a metrics line becomes the scalar
 `<kind>/<field>` (`train/loss`, `train/grad_norm_mean`, `eval/val_ppl`, ...) at its update step.
 A resumed run hides the events logged after its checkpoint (TensorBoard's `purge_step`) and
-logs again the lines it kept at that step, so the board shows what metrics.jsonl holds.
+logs again the lines it kept at that step (all of them if TensorBoard logging starts on resume), so
+the board shows what metrics.jsonl holds.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ class TensorBoardLog:
     def __enter__(self) -> "TensorBoardLog":
         from torch.utils.tensorboard import SummaryWriter
 
-        resumed = self.step > 0
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step if resumed else None)
-        if resumed:
-            for record in read_metrics(self.log.path):
-                if record["step"] >= self.step:
-                    self.write(record)
+        folder = self.run_dir / "tensorboard"
+        since = self.step if folder.exists() else 0  # TensorBoard turned on at a resume: the whole run so far
+        self.writer = SummaryWriter(str(folder), purge_step=since or None)
+        for record in read_metrics(self.log.path):  # what metrics.jsonl kept (nothing yet in a new run)
+            if record["step"] >= since:
+                self.write(record)
         self.log.sink = self.write
         return self
 

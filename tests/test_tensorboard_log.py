@@ -66,6 +66,15 @@ def test_a_resumed_run_shows_what_metrics_jsonl_holds(corpus, tmp_path):
     assert [step for step, _ in board(run)["train/loss"]] == [4, 8, 12, 16, 20]
 
 
+@needs_tensorboard
+def test_turned_on_at_resume_the_board_gets_the_whole_run(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, {**TINY, "data.path": str(corpus), "train.max_steps": 9,
+                             "train.tensorboard": False}), run, quiet=True)
+    resume(run, {"train.max_steps": 14, "train.tensorboard": True}, quiet=True)
+    assert board(run) == expected(run) and [s for s, _ in board(run)["eval/val_ppl"]] == [6, 12, 14]
+
+
 def test_without_the_extra_the_flag_is_a_one_line_error_before_any_work(bptt_error, corpus, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
