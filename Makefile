@@ -18,7 +18,7 @@ install: $(BIN)/python
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,tensorboard]'
 
 run: install
 	$(BIN)/bptt train --strategy random --config configs/default.yaml $(if $(wildcard $(BOOK)),--data $(BOOK))

@@ -43,6 +43,7 @@ BLOCKS = {Cell.rnn: ("W_hh",), Cell.linear: ("W_hh",), Cell.gru: ("r", "z", "n")
 THEORY_SIZE = 10  # M is THEORY_SIZE x THEORY_SIZE
 THRESHOLD = 0.01  # the effective horizon: where the gradient falls below 1% of its k = 0 value
 JACOBIAN_STREAMS = 4  # step Jacobians along the first streams of the first window only: an SVD each
+BLOCK_LABELS = {"W_hh": "$W_{hh}$"}  # gate blocks (r, z, n / i, f, g, o) are labelled "$r$ block", ...
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Analysis:
     spectrum: dict[str, dict]  # block -> singular values, spectral radius
     jacobian_norms: list[float]  # ||d s_t / d s_{t-1}||_2 along the first window, mean over streams, per t
     lyapunov: float  # mean log ||d s_t / d s_{t-1}||_2 over steps and streams
+    jacobian_streams: int  # the first streams of the first window that the Jacobian norms average over
+    streams: int  # streams per window (those the gradient curve averages over)
 
 
 def mode(target: Path | None, init: bool, theory: bool) -> str:
@@ -156,11 +159,13 @@ def analyze(model: CharRNN, windows, source: str) -> Analysis:
     """All three views of gradient flow for `model` on `windows` of validation text."""
     model.eval()
     curve = gradient_curve(model, windows)
-    norms = jacobian_norms(model, windows[0][0][:, :JACOBIAN_STREAMS])
+    first = windows[0][0][:, :JACOBIAN_STREAMS]
+    norms = jacobian_norms(model, first)
     return Analysis(
         source=source, cell=model.cell.value, hidden=model.hidden, gradient_norms=curve.tolist(),
         decay=fit_decay(curve), horizon=effective_horizon(curve), spectrum=spectrum(model),
         jacobian_norms=norms.mean(1).tolist(), lyapunov=float(norms.clamp(min=1e-30).log().mean()),
+        jacobian_streams=first.shape[1], streams=windows[0][0].shape[1],
     )
 
 
@@ -194,21 +199,26 @@ def table(a: Analysis) -> Table:
 def plot(a: Analysis, path: Path) -> Path:
     """analysis.png: the gradient curve with its fit and horizon, the W_hh spectrum, the step Jacobian norms."""
     curve, k = a.gradient_norms, range(len(a.gradient_norms))
-    flow = [Series("||dl_T/dh_T-k||", list(k), curve),
-            Series(f"fit x{a.decay:.3f}/step", list(k), [curve[0] * a.decay**i for i in k]),
-            Series("1% of k = 0", [0, k[-1]], [THRESHOLD * curve[0]] * 2)]
+    flow = [Series(rf"$\|\partial\ell_T/\partial h_{{T-k}}\|$, mean over {a.streams} streams", list(k), curve),
+            Series(f"fit ×{a.decay:.3f} per step", list(k), [curve[0] * a.decay**i for i in k]),
+            Series("1% of $k = 0$", [0, k[-1]], [THRESHOLD * curve[0]] * 2, style="k:")]
     if a.horizon is not None:
-        flow.append(Series(f"horizon k = {a.horizon}", [a.horizon] * 2, [min(c for c in curve if c > 0), curve[0]]))
-    sigmas = [Series(name, list(range(1, len(s["singular_values"]) + 1)), s["singular_values"])
-              for name, s in a.spectrum.items()]
+        flow.append(Series(f"horizon $k = {a.horizon}$", [a.horizon] * 2, [min(c for c in curve if c > 0), curve[0]],
+                           style="k--"))
+    sigmas = [Series(BLOCK_LABELS.get(name, f"${name}$ block"), list(range(1, len(s["singular_values"]) + 1)),
+                     s["singular_values"]) for name, s in a.spectrum.items()]
     steps = list(range(1, len(a.jacobian_norms) + 1))
-    jac = [Series(f"mean over {JACOBIAN_STREAMS} streams", steps, a.jacobian_norms),
-           Series(f"exp(mean log) = {math.exp(a.lyapunov):.3f}", [1, steps[-1]], [math.exp(a.lyapunov)] * 2)]
+    of = f" of {a.streams}" if a.jacobian_streams < a.streams else ""
+    jac = [Series(f"mean over the first {a.jacobian_streams}{of} streams", steps, a.jacobian_norms),
+           Series(rf"$\exp(\overline{{\log\|J_t\|}})$ = {math.exp(a.lyapunov):.3f}", [1, steps[-1]],
+                  [math.exp(a.lyapunov)] * 2, style="k--")]
     return plot_panels(path, [
-        Panel(flow, "k (steps back from T)", "gradient norm", "dl_T/dh_{T-k}", logy=True),
-        Panel(sigmas + [Series("1", [1, len(sigmas[0].x)], [1.0, 1.0])], "index", "singular value",
-              "spectrum of W_hh (first layer)", logy=True),
-        Panel(jac, "t (first validation window)", "||ds_t/ds_{t-1}||_2", "step Jacobians", logy=True),
+        Panel(flow, "$k$ (steps back from $T$)", "gradient norm",
+              r"$\|\partial\ell_T/\partial h_{T-k}\|$: how far back the gradient reaches", logy=True),
+        Panel(sigmas + [Series("1", [1, len(sigmas[0].x)], [1.0, 1.0], style="k:")], "index", "singular value",
+              r"singular values of $W_{hh}$ (first layer)", logy=True),
+        Panel(jac, "$t$ (first validation window)", r"$\|J_t\|_2 = \|\partial s_t/\partial s_{t-1}\|_2$",
+              "step Jacobians", logy=True),
     ], title=f"{a.cell.upper()}-{a.hidden} · {a.source}")
 
 

@@ -1,67 +1,31 @@
-"""The `bptt` command: parse options, build a config, call the library."""
+"""The `bptt` command: parse options, build a config, call the library.
+
+Nothing here imports torch at module level: `bptt --help` starts in a fraction of a second and each
+command imports the library it calls.
+"""
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from . import __version__
-from .config import Device, LrSchedule, OptimizerName, Partition, load_config
+from .choices import Cell, Schedule, StrategyName, Unknown, XAxis
+from .cli_base import Command, Group, OneLineUsageErrors, default, friendly
+from .config import Device, LrSchedule, OptimizerName, Partition
 from .corpus import Preprocess
-from .errors import BpttError
-from .recurrence import Cell
-from .sample import Unknown
-from .strategies import Schedule, StrategyName
+from .errors import ConfigError
 from .ui import console, stdout
-
-class OneLineUsageErrors(TyperGroup):
-    """Report usage errors (an unknown option, a bad choice) on one line, like every other error."""
-
-    def main(self, *args, **kwargs):
-        if not kwargs.get("standalone_mode", True):
-            return super().main(*args, **kwargs)
-        try:
-            result = super().main(*args, **{**kwargs, "standalone_mode": False})
-        except typer.Abort:
-            console.print("aborted")
-            sys.exit(1)
-        except Exception as exc:
-            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
-                raise  # not a usage error: a bug, show the traceback
-            if type(exc).__name__ == "NoArgsIsHelpError":
-                stdout.print(exc.format_message(), highlight=False)
-            else:
-                ctx = getattr(exc, "ctx", None)
-                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-                console.print(f"[red]error:[/] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
-        sys.exit(result if isinstance(result, int) else 0)
 
 
 app = typer.Typer(
     cls=OneLineUsageErrors,
     help="Train character-level RNNs with full, truncated and randomized backpropagation through time.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
 )
-
-
-def friendly(command):
-    """Print expected errors as one line and exit with their code; let anything else raise."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except BpttError as exc:
-            console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -77,12 +41,12 @@ def root(
     """Backpropagation through time, first-class."""
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def download(
     url: Annotated[Optional[str], typer.Option(help="Where to fetch the corpus from.")] = None,
     sha1: Annotated[Optional[str], typer.Option(help="Expected SHA-1; empty string skips the check.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Cache directory [default: $BPTT_DATA_DIR or ./data].")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Cache directory \\[default: $BPTT_DATA_DIR or ./data].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fetch The Time Machine (the d2l.ai copy), verify its SHA-1 and cache it.
@@ -107,6 +71,7 @@ TRAIN_KEYS = {  # train's option -> the config key it sets
     "val_fraction": "data.val_fraction", "epochs": "train.epochs", "max_steps": "train.max_steps",
     "max_time": "train.max_time", "eval_every": "train.eval_every", "log_every": "train.log_every",
     "seed": "train.seed", "device": "train.device", "recompute": "train.recompute",
+    "tensorboard": "train.tensorboard",
 }
 ANALYZE_KEYS = {"model": "model.cell", "hidden": "model.hidden", "layers": "model.layers"}  # with --init
 
@@ -117,88 +82,136 @@ def option_flags(keys: dict[str, str], options: dict) -> dict:
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/default.yaml.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any key: --set optim.lr=0.5 (repeatable).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help=(
+    "Override any config key, e.g. --set optim.lr=0.5 (repeatable)."))]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Train on this UTF-8 text file instead of the book.")]
+DATA, MODEL, STRATEGY, OPTIMISER, RUN = "Data", "Model", "Strategy", "Optimiser", "Run"
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def train(
     config: ConfigOpt = None,
-    strategy: Annotated[Optional[StrategyName], typer.Option(help=(
-        "full: exact gradient; with sequential partitioning one segment per epoch (the chapter's "
-        "'computationally infeasible' case, memory grows with the text) · truncated: cut every "
-        "--num-steps · random: randomized truncation, unbiased · tbptt: TBPTT(k1 = tau, k2)."))] = None,
-    tau: Annotated[Optional[int], typer.Option("--num-steps", "-t", help="tau: nominal segment length (truncated's period, random's mean) and loss normaliser.")] = None,
-    schedule: Annotated[Optional[Schedule], typer.Option(help="Cut schedule of the random strategy.")] = None,
-    floor: Annotated[Optional[int], typer.Option(help="random: no cut in a segment's first N steps (0 <= N < tau).")] = None,
-    k2: Annotated[Optional[int], typer.Option(help="tbptt: the losses of every tau steps backpropagate through k2 >= tau steps \\[default: 2 tau].")] = None,
-    model: Annotated[Optional[Cell], typer.Option(help="Recurrent cell.")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer.")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Recurrent layers.")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout on each layer's output.")] = None,
-    embedding: Annotated[Optional[int], typer.Option(help="Learned embedding size; 0 = one-hot input.")] = None,
-    weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on W_hh, one mask per segment.")] = None,
-    locked_dropout: Annotated[Optional[float], typer.Option(help="Variational dropout: one mask per stream and segment on each layer's output.")] = None,
-    embed_dropout: Annotated[Optional[float], typer.Option(help="Drop whole characters' embeddings (needs --embedding).")] = None,
-    optimizer: Annotated[Optional[OptimizerName], typer.Option(help="sgd or adam (AdamW).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient L2 norm to this; 0 disables.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay.")] = None,
-    average: Annotated[Optional[float], typer.Option(help="Decay of the weights' moving average used for validation, best.pt and sampling (0: off).")] = None,
-    lr_schedule: Annotated[Optional[LrSchedule], typer.Option(help="constant, or cosine over the epochs (or train.max_tokens).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Parallel streams B.")] = None,
-    partition: Annotated[Optional[Partition], typer.Option(help="sequential (state carried) or random windows.")] = None,
-    data: DataOpt = None,
-    preprocess: Annotated[Optional[Preprocess], typer.Option(help="letters (the book's) or raw.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Last fraction of the text held out.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training text.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many updates (0: no limit).")] = None,
-    max_time: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (0: no limit).")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Validate and checkpoint every N updates (0: at the end).")] = None,
-    log_every: Annotated[Optional[int], typer.Option(help="Write a metrics line every N updates.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same numbers.")] = None,
-    device: Annotated[Optional[Device], typer.Option(help="auto picks cuda, then mps, then cpu.")] = None,
-    recompute: Annotated[Optional[bool], typer.Option("--recompute/--no-recompute", help="Segment checkpointing: O(sqrt L) memory.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory \\[default: runs/<time>-<strategy>].")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last.pt.")] = None,
     set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view (for scripts).")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last.pt.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view and no progress lines (for scripts).")] = False,
+    data: Annotated[Optional[Path], typer.Option(
+        help="A UTF-8 text file to train on \\[default: the book].", rich_help_panel=DATA)] = None,
+    preprocess: Annotated[Optional[Preprocess], typer.Option(
+        help="letters (the book's) or raw." + default("data.preprocess"), rich_help_panel=DATA)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(
+        help="Last fraction of the text held out." + default("data.val_fraction"), rich_help_panel=DATA)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help=(
+        "Parallel streams B." + default("data.batch_size")), rich_help_panel=DATA)] = None,
+    partition: Annotated[Optional[Partition], typer.Option(help=(
+        "sequential (state carried) or random windows." + default("data.partition")), rich_help_panel=DATA)] = None,
+    model: Annotated[Optional[Cell], typer.Option(
+        help="Recurrent cell." + default("model.cell"), rich_help_panel=MODEL)] = None,
+    hidden: Annotated[Optional[int], typer.Option(
+        help="Hidden units per layer." + default("model.hidden"), rich_help_panel=MODEL)] = None,
+    layers: Annotated[Optional[int], typer.Option(
+        help="Recurrent layers." + default("model.layers"), rich_help_panel=MODEL)] = None,
+    dropout: Annotated[Optional[float], typer.Option(
+        help="Dropout on each layer's output." + default("model.dropout"), rich_help_panel=MODEL)] = None,
+    embedding: Annotated[Optional[int], typer.Option(help=(
+        "Learned embedding size; 0: one-hot input." + default("model.embedding")), rich_help_panel=MODEL)] = None,
+    weight_drop: Annotated[Optional[float], typer.Option(help=(
+        "DropConnect on W_hh, one mask per segment." + default("model.weight_drop")), rich_help_panel=MODEL)] = None,
+    locked_dropout: Annotated[Optional[float], typer.Option(help=(
+        "Variational dropout: one mask per stream and segment on each layer's output." + default("model.locked_dropout")),
+        rich_help_panel=MODEL)] = None,
+    embed_dropout: Annotated[Optional[float], typer.Option(help=(
+        "Drop whole characters' embeddings (needs --embedding)." + default("model.embed_dropout")),
+        rich_help_panel=MODEL)] = None,
+    strategy: Annotated[Optional[StrategyName], typer.Option(metavar="<name>", help=(
+        "full: exact gradient (with sequential partitioning one segment per epoch, the chapter's "
+        "'computationally infeasible' case: memory grows with the text) · truncated: a cut every "
+        "--num-steps · random: randomized truncation, unbiased · tbptt: TBPTT(k1 = tau, k2)."
+        + default("strategy.name")),
+        rich_help_panel=STRATEGY)] = None,
+    tau: Annotated[Optional[int], typer.Option("--num-steps", "-t", help=(
+        "tau: segment length (truncated's period, random's mean) and loss normaliser." + default("strategy.tau")),
+        rich_help_panel=STRATEGY)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help=(
+        "Cut schedule of the random strategy." + default("strategy.schedule")), rich_help_panel=STRATEGY)] = None,
+    floor: Annotated[Optional[int], typer.Option(help=(
+        "random: no cut in a segment's first N steps (0 <= N < tau)." + default("strategy.floor")),
+        rich_help_panel=STRATEGY)] = None,
+    k2: Annotated[Optional[int], typer.Option(help=(
+        "tbptt: every tau steps, their losses backpropagate through k2 >= tau steps; 0: 2 tau." + default("strategy.k2")),
+        rich_help_panel=STRATEGY)] = None,
+    recompute: Annotated[Optional[bool], typer.Option("--recompute", help=(
+        "Segment checkpointing: O(sqrt L) memory for long segments."), rich_help_panel=STRATEGY)] = None,
+    optimizer: Annotated[Optional[OptimizerName], typer.Option(
+        help="sgd, or adam (AdamW)." + default("optim.optimizer"), rich_help_panel=OPTIMISER)] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="Learning rate." + default("optim.lr"), rich_help_panel=OPTIMISER)] = None,
+    lr_schedule: Annotated[Optional[LrSchedule], typer.Option(help=(
+        "constant, or cosine over the epochs (or train.max_tokens)." + default("optim.schedule")),
+        rich_help_panel=OPTIMISER)] = None,
+    clip: Annotated[Optional[float], typer.Option(help=(
+        "Clip the global gradient L2 norm to this; 0 disables." + default("optim.clip")), rich_help_panel=OPTIMISER)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        help="Weight decay." + default("optim.weight_decay"), rich_help_panel=OPTIMISER)] = None,
+    average: Annotated[Optional[float], typer.Option(help=(
+        "Decay of the weights' moving average used to validate, save best.pt and sample; 0: off."
+        + default("optim.average")), rich_help_panel=OPTIMISER)] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Passes over the training text." + default("train.epochs"), rich_help_panel=RUN)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help=(
+        "Stop after this many updates; 0: no limit." + default("train.max_steps")), rich_help_panel=RUN)] = None,
+    max_time: Annotated[Optional[float], typer.Option(help=(
+        "Stop after this many seconds (of this invocation, on --resume); 0: no limit." + default("train.max_time")),
+        rich_help_panel=RUN)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=(
+        "Validate and checkpoint every N updates; 0: at the end." + default("train.eval_every")),
+        rich_help_panel=RUN)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=(
+        "Write a metrics line every N updates." + default("train.log_every")), rich_help_panel=RUN)] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Random seed: same seed, same numbers." + default("train.seed"), rich_help_panel=RUN)] = None,
+    device: Annotated[Optional[Device], typer.Option(help=(
+        "auto picks cuda, then mps, then cpu." + default("train.device")), rich_help_panel=RUN)] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help=(
+        "Run directory \\[default: runs/<time>-<strategy>]."), rich_help_panel=RUN)] = None,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help=(
+        "Also log the metrics for TensorBoard, in RUN_DIR/tensorboard (pip install 'bptt\\[tensorboard]')."),
+        rich_help_panel=RUN)] = None,
 ) -> None:
     """Train a character-level RNN with full, truncated or randomized-truncation BPTT.
 
+    Defaults are those of a plain run; a --config file, then the options, then --set replace them. On a terminal a live view shows progress; in a log, a plain progress line every few seconds (--set train.progress_every=S).
+
     Example: [bold]bptt train --strategy random --schedule polytail --model gru --hidden 256 --epochs 5[/]
     """
+    from .config import load_config
     from .train import resume as resume_run
     from .train import train as train_run
 
     flags = option_flags(TRAIN_KEYS, locals())
     if resume is not None and (config or run_dir):
-        from .errors import ConfigError
-
         raise ConfigError("--resume continues a run in its own directory with its saved config; drop --config/--run-dir")
     if resume is not None:
         summary = resume_run(resume, flags, set_ or [], quiet=quiet)
     else:
         summary = train_run(load_config(config, flags, set_ or []), run_dir, quiet=quiet)
     if not quiet:
-        from .ui import compact
+        from .ui import done_line
 
-        stdout.print(
-            f"done · {summary['step']} steps · {compact(summary['tokens'])} chars · {summary['elapsed']:.0f}s · "
-            f"ppl {summary['train_ppl']:.2f} train / {summary['final_val_ppl']:.2f} val "
-            f"(best {summary['best_val_ppl']:.2f})"
-        )
+        stdout.print(done_line(summary))
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def sample(
     target: Annotated[Path, typer.Argument(metavar="RUN_DIR|CHECKPOINT", help="A run directory (its best.pt) or a .pt file.")],
     prefix: Annotated[str, typer.Option(help="Warm-up text, preprocessed like the run's corpus (empty: start as after a space).")] = "",
+    prefix_file: Annotated[Optional[Path], typer.Option(help="Warm up on this UTF-8 file's text instead of --prefix.")] = None,
     length: Annotated[int, typer.Option(help="Characters to generate per sample.")] = 200,
     temperature: Annotated[float, typer.Option(help="Softmax temperature, > 0: lower is safer, higher is wilder.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Sample among the k most likely characters (0: all of them).")] = 0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely characters; 0: all of them.")] = 0,
+    top_p: Annotated[float, typer.Option(help=(
+        "Nucleus sampling: among the fewest likeliest characters whose probabilities sum to p; 1: all of them."))] = 1.0,
     greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character.")] = False,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Independent samples from the same prefix.")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same samples \\[default: fresh each time].")] = None,
@@ -208,16 +221,15 @@ def sample(
 ) -> None:
     """Generate text from a trained model, streaming it as it is sampled.
 
-    Example: [bold]bptt sample runs/my-run --prefix "the time traveller" --length 300 --temperature 0.8 --seed 1[/]
+    Example: [bold]bptt sample runs/my-run --prefix "the time traveller" --length 300 --top-p 0.9 --seed 1[/]
     """
-    import sys
-
     from .sample import sample as generate
 
-    generate(target, prefix, length, temperature, top_k, greedy, num_samples, seed, device, last, unknown, sys.stdout)
+    generate(target, prefix, length, temperature, top_k, greedy, num_samples, seed, device, last, unknown, sys.stdout,
+             top_p=top_p, prefix_file=prefix_file)
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def compare(
     strategies: Annotated[str, typer.Option(help=(
@@ -231,8 +243,8 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(help="Output directory; rerun with the same one to skip finished runs \\[default: compare/<time>].")] = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    gradient_quality: Annotated[bool, typer.Option("--gradient-quality/--no-gradient-quality", help=(
-        "Measure each strategy's gradient against exact BPTT at the initial and trained weights."))] = True,
+    no_gradient_quality: Annotated[bool, typer.Option("--no-gradient-quality", help=(
+        "Skip measuring each strategy's gradient against exact BPTT at the initial and trained weights."))] = False,
 ) -> None:
     """Train every strategy on the same data, model, initial weights and budget; tabulate and plot the results.
 
@@ -243,13 +255,13 @@ def compare(
 
     variants, seed_list = lib.parse_strategies(strategies), lib.parse_seeds(seeds)
     cfg = lib.compare_config(config, data, budget_tokens, max_time, set_ or [])
-    results = lib.compare(cfg, variants, seed_list, out, gradient_quality)
+    results = lib.compare(cfg, variants, seed_list, out, not no_gradient_quality)
     for table in tables(results):
         stdout.print(rich_table(*table))
     stdout.print(f"{results['out']}: results.json, results.csv, results.md, curves.png ({results['elapsed']:.0f}s)")
 
 
-@app.command()
+@app.command(cls=Command)
 @friendly
 def analyze(
     target: Annotated[Optional[Path], typer.Argument(metavar="[RUN_DIR|CHECKPOINT]", help="A run directory (its best.pt) or a .pt file.")] = None,
@@ -284,7 +296,52 @@ def analyze(
     stdout.print(f"wrote {out_dir / 'analysis.json'} and {out_dir / 'analysis.png'}")
 
 
+@app.command(cls=Command)
+@friendly
+def runs(
+    root: Annotated[Path, typer.Argument(metavar="[DIR]", help="Where to look, subdirectories included.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list of the rows, for scripts.")] = False,
+) -> None:
+    """One table of the runs under a directory: model, strategy, progress, best validation perplexity, status.
+
+    Status: finished, interrupted (resume it), diverged, running, killed (no end recorded and no process holds it).
+
+    Example: [bold]bptt runs[/] · [bold]bptt runs compare/demo/runs --json[/]
+    """
+    from . import runs as lib
+
+    rows = lib.collect(root)
+    if as_json:
+        stdout.print_json(data=rows)
+    elif rows:
+        stdout.print(lib.table(rows, root))
+    else:
+        stdout.print(f"no runs under {root}; start one with bptt train")
+
+
+@app.command(cls=Command)
+@friendly
+def plot(
+    targets: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Runs to overlay, one line each.")],
+    metric: Annotated[str, typer.Option(help=(
+        "Any number metrics.jsonl holds: val_ppl, ppl, loss, grad_norm_mean, grad_norm_max, clip_rate, lr, "
+        "tokens_per_s, segment_mean, max_weight, ..."))] = "val_ppl",
+    x: Annotated[XAxis, typer.Option("--x", help="The horizontal axis: characters, seconds or updates.")] = XAxis.chars,
+    out: Annotated[Optional[Path], typer.Option(help="The PNG to write \\[default: METRIC-vs-X.png].")] = None,
+) -> None:
+    """Overlay a metric of several runs against characters, time or updates, from their metrics.jsonl.
+
+    Example: [bold]bptt plot runs/a runs/b --metric grad_norm_mean --x time --out norms.png[/]
+    """
+    from .plots import plot_runs
+
+    labels = [str(t) for t in targets] if len({t.name for t in targets}) < len(targets) else [t.name for t in targets]
+    png = plot_runs(out or Path(f"{metric}-vs-{x.value}.png"), dict(zip(labels, targets)), metric, x.value)
+    stdout.print(f"wrote {png}")
+
+
 demo_app = typer.Typer(
+    cls=Group,
     help="Synthetic tasks that show what truncation does to the gradient.\n\n"
     "Example: [bold]bptt demo influence-balancing --steps 20000[/]",
     no_args_is_help=True,
@@ -292,7 +349,7 @@ demo_app = typer.Typer(
 app.add_typer(demo_app, name="demo")
 
 
-@demo_app.command("influence-balancing")
+@demo_app.command("influence-balancing", cls=Command)
 @friendly
 def influence_balancing(
     n: Annotated[int, typer.Option(help="State size.")] = 23,
@@ -301,7 +358,7 @@ def influence_balancing(
     episode: Annotated[int, typer.Option(help="Steps per episode, each from s_0 = 1; full BPTT spans one.")] = 1000,
     lr: Annotated[float, typer.Option(help="SGD step size on theta.")] = 1e-3,
     tau: Annotated[int, typer.Option(help="Mean segment length of the random runs; every run's loss is divided by it.")] = 30,
-    truncation: Annotated[Optional[list[int]], typer.Option(help="tau of a truncated run (repeatable) \\[default: 1, 10, 100].")] = None,
+    truncation: Annotated[Optional[list[int]], typer.Option(metavar="<int>", help="tau of a truncated run (repeatable) \\[default: 1, 10, 100].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random truncation points.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output directory \\[default: analysis/<time>-influence-balancing].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -323,10 +380,10 @@ def influence_balancing(
     stdout.print(f"wrote {json_path} and {png}")
 
 
-@demo_app.command("recall")
+@demo_app.command("recall", cls=Command)
 @friendly
 def recall(
-    gap: Annotated[Optional[list[int]], typer.Option(help="G, filler steps between a symbol and its recall (repeatable) \\[default: 5, 10, 20, 40].")] = None,
+    gap: Annotated[Optional[list[int]], typer.Option(metavar="<int>", help="G, filler steps between a symbol and its recall (repeatable) \\[default: 5, 10, 20, 40].")] = None,
     tau: Annotated[int, typer.Option(help="tau of truncated and TBPTT's k1, and the mean segment length of random.")] = 10,
     symbols: Annotated[int, typer.Option(help="Symbols to remember (chance accuracy is 1/symbols).")] = 4,
     sequences: Annotated[int, typer.Option(help="Backward work per strategy, in training sequences' worth of steps.")] = 32000,
@@ -353,4 +410,4 @@ def recall(
 
 
 def main() -> None:
-    app()
+    app(prog_name="bptt")

@@ -6,10 +6,8 @@ import csv
 import io
 import json
 import math
-import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich import box
 from rich.markup import escape
@@ -52,70 +50,50 @@ def aggregate(records: list[dict], variants: list[str]) -> list[dict]:
     return rows
 
 
-def eval_curves(run_dir: Path) -> dict[str, list[float]]:
-    """The validation perplexity a run logged, with the characters and seconds at which it did."""
-    lines = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
-    evals = [r for r in lines if r["kind"] == "eval"]
-    return {"tokens": [r["tokens"] for r in evals], "elapsed": [r["elapsed"] for r in evals],
-            "val_ppl": [r["val_ppl"] for r in evals]}
-
-
-def band(curves: list[dict], x: str, points: int = 60):
-    """Mean and sd of the seeds' val_ppl curves on a shared grid over the x range all of them cover."""
-    curves = [c for c in curves if c[x]]
-    lo, hi = max(c[x][0] for c in curves), min(c[x][-1] for c in curves)
-    grid = np.linspace(lo, hi, points) if hi > lo else np.array([statistics.mean(c[x][-1] for c in curves)])
-    values = np.stack([np.interp(grid, c[x], c["val_ppl"]) for c in curves])
-    sd = values.std(0, ddof=1) if len(curves) > 1 else None
-    return grid, values.mean(0), sd
-
-
 def plot_curves(path: Path, runs: dict[str, list[Path]], title: str) -> None:
     """Validation perplexity against characters and against wall time: mean ± sd over each strategy's runs."""
-    from .plots import Panel, Series, plot_panels
+    from .plots import Panel, Series, band, metric_curve, plot_panels
 
-    curves = {v: [eval_curves(run_dir) for run_dir in dirs] for v, dirs in runs.items()}
     panels = []
-    for x, label in (("tokens", "training characters"), ("elapsed", "wall time (s)")):
-        series = [Series(v, *band(c, x)) for v, c in curves.items() if any(run[x] for run in c)]
+    for x, label in (("chars", "training characters"), ("time", "wall time (s)")):
+        curves = {v: [metric_curve(d, "val_ppl", x, missing_ok=True) for d in dirs] for v, dirs in runs.items()}
+        series = [Series(v, *band(c)) for v, c in curves.items() if any(xs for xs, _ in c)]
         panels.append(Panel(series, label, "validation perplexity", logy=True))
     plot_panels(path, panels, title)
-
 
 def pm(metric: dict, fmt: str = "{:.2f}") -> str:
     return fmt.format(metric["mean"]) + (f"±{fmt.format(metric['sd'])}" if metric["sd"] else "")
 
 
-RUN_COLUMNS = [  # header, cell
+RUN_COLUMNS = [  # header (a line break where it wraps in the terminal: the tables fit 80 columns), cell
     ("strategy", lambda r: r["strategy"]),
-    ("val ppl best", lambda r: pm(r["best_val_ppl"])),
-    ("val ppl final", lambda r: pm(r["final_val_ppl"])),
-    ("train ppl", lambda r: f"{r['train_ppl']['mean']:.2f}"),
-    ("updates", lambda r: f"{r['updates']['mean']:.0f}"),
+    ("val ppl\nbest", lambda r: pm(r["best_val_ppl"])),
+    ("val ppl\nfinal", lambda r: pm(r["final_val_ppl"])),
+    ("steps", lambda r: f"{r['updates']['mean']:.0f}"),
     ("chars", lambda r: compact(r["tokens"]["mean"])),
-    ("chars/s", lambda r: compact(r["tokens_per_s"]["mean"])),
     ("wall s", lambda r: f"{r['wall_s']['mean']:.1f}"),
     ("peak MiB", lambda r: f"{r['peak_memory_mib']['mean']:.3g}"),
 ]
 DYNAMICS_COLUMNS = [
     ("strategy", lambda r: r["strategy"]),
-    ("|g| median", lambda r: f"{r['grad_norm_median']['mean']:.3g}"),
-    ("|g| max", lambda r: f"{r['grad_norm_max']['mean']:.3g}"),
-    ("clipped %", lambda r: f"{100 * r['clip_rate']['mean']:.0f}"),
-    ("segment mean", lambda r: f"{r['segment_mean']['mean']:.1f}"),
-    ("segment max", lambda r: f"{r['segment_max']['mean']:.0f}"),
-    ("largest ξ", lambda r: f"{r['max_weight']['mean']:.3g}"),
+    ("train\nppl", lambda r: f"{r['train_ppl']['mean']:.2f}"),
+    ("|g|\nmedian", lambda r: f"{r['grad_norm_median']['mean']:.3g}"),
+    ("|g|\nmax", lambda r: f"{r['grad_norm_max']['mean']:.3g}"),
+    ("clipped\n%", lambda r: f"{100 * r['clip_rate']['mean']:.0f}"),
+    ("segment\nmean", lambda r: f"{r['segment_mean']['mean']:.1f}"),
+    ("segment\nmax", lambda r: f"{r['segment_max']['mean']:.0f}"),
+    ("largest\nξ", lambda r: f"{r['max_weight']['mean']:.3g}"),
 ]
 QUALITY_COLUMNS = [
     ("strategy", lambda r: r["strategy"]),
     ("weights", lambda r: r["at"]),
     ("bias", lambda r: f"{r['bias']:.3f}"),
-    ("bias floor", lambda r: f"{r['bias_floor']:.3f}"),
+    ("bias\nfloor", lambda r: f"{r['bias_floor']:.3f}"),
     ("rel sd", lambda r: f"{r['rel_sd']:.3f}"),
     ("cosine", lambda r: f"{r['cosine']:.3f}"),
     ("reach", lambda r: f"{r['reach']:.2f}"),
     ("memory", lambda r: f"{r['memory']:.2f}"),
-    ("backward", lambda r: f"{r['backward']:.2f}"),
+    ("back-\nward", lambda r: f"{r['backward']:.2f}"),
 ]
 
 
@@ -129,7 +107,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
     out = [
         (results["title"], *cells(RUN_COLUMNS, results["rows"]), f"mean ± sd over seeds {seeds}; {results['memory']}"),
         ("during training", *cells(DYNAMICS_COLUMNS, results["rows"]),
-         f"means over seeds {seeds}: pre-clip gradient norm, share of updates clipped, segment lengths "
+         f"means over seeds {seeds}: training perplexity at the end, pre-clip gradient norm, share of updates "
+         "clipped, segment lengths "
          "and the largest compensation factor ξ (product of 1/(1 - c_k) over a segment)"),
     ]
     q = results["gradient_quality"]
@@ -146,7 +125,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
 
 
 def rich_table(title: str, headers: list[str], rows: list[list[str]], caption: str) -> Table:
-    columns = [Column(escape(h), min_width=max(map(len, cells))) for h, *cells in zip(headers, *rows)]
+    columns = [Column(escape(h), width=max(*map(len, cells), *map(len, h.splitlines())))  # cells never wrap
+               for h, *cells in zip(headers, *rows)]
     table = Table(*columns, title=escape(title), caption=escape(caption), caption_justify="left",
                   box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     for row in rows:
@@ -157,7 +137,7 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]], caption: s
 def markdown(results: dict) -> str:
     parts = ["# bptt compare\n"]
     for title, headers, rows, caption in tables(results):
-        lines = [md_row(headers), "|" + "---|" * len(headers)] + [md_row(row) for row in rows]
+        lines = [md_row([h.replace("\n", " ") for h in headers]), "|" + "---|" * len(headers)] + [md_row(row) for row in rows]
         parts.append("\n".join([f"**{title}**", ""] + lines + ["", caption, ""]))
     return "\n".join(parts)
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from .choices import Cell, Schedule, StrategyName
 from .corpus import Preprocess
-from .download import DEFAULT_SHA1, DEFAULT_URL
 from .errors import ConfigError
-from .recurrence import Cell
-from .strategies import Schedule, StrategyName
+
+DEFAULT_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"  # The Time Machine, d2l.ai's copy
+DEFAULT_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 
 
 class Partition(str, enum.Enum):
@@ -98,6 +99,8 @@ class TrainConfig:
     device: Device = Device.auto
     run_dir: str | None = None
     recompute: bool = False  # segment checkpointing: O(sqrt(L)) memory for long segments
+    progress_every: float = 10.0  # seconds between plain progress lines when stderr is not a terminal (a log)
+    tensorboard: bool = False  # also write metrics.jsonl's scalars to <run_dir>/tensorboard (bptt[tensorboard])
 
 
 @dataclass
@@ -285,6 +288,7 @@ def validate(c: Config) -> Config:
     _check(c.train.max_time >= 0, "train.max_time", ">= 0 (0 = no limit)", c.train.max_time)
     _check(c.train.eval_every >= 0, "train.eval_every", ">= 0", c.train.eval_every)
     _check(c.train.log_every > 0, "train.log_every", "> 0", c.train.log_every)
+    _check(c.train.progress_every > 0, "train.progress_every", "> 0 (seconds)", c.train.progress_every)
     return c
 
 

@@ -29,12 +29,13 @@ from rich.table import Table
 from .engine import segments
 from .errors import ConfigError
 from .fsutil import atomic_write_text, ensure_dir, timestamped_dir
-from .plots import Series, plot_lines
+from .plots import Panel, Series, plot_panels
 from .strategies import Schedule, Strategy, StrategyName, make_strategy
 from .ui import LiveView
 from .unrolled import scale_grad
 
 DIVERGED = 1e8  # a run stops once a step's loss exceeds this
+TRAJECTORY_POINTS = 1000  # theta(t) kept per run in the JSON and the plot
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Run:
     theta: float
     losses: torch.Tensor  # per time step
     diverged_at: int | None = None
+    trajectory: tuple[list[int], list[float]] = ([], [])  # theta after each update, at its time step (thinned)
 
 
 def unroll(a: torch.Tensor, u: torch.Tensor, theta: torch.Tensor, s: torch.Tensor, length: int, xi):
@@ -83,12 +85,13 @@ def unroll(a: torch.Tensor, u: torch.Tensor, theta: torch.Tensor, s: torch.Tenso
 
 
 def train_online(task: Task, strategy: Strategy, steps: int, episode: int, lr: float, norm: float,
-                 generator: torch.Generator, view: LiveView) -> tuple[float, torch.Tensor, int | None]:
-    """SGD on theta, one update per segment; returns final theta, per-step losses, the step it diverged at."""
+                 generator: torch.Generator, view: LiveView) -> tuple[float, torch.Tensor, int | None, tuple]:
+    """SGD on theta, one update per segment; returns final theta, per-step losses, the step it diverged at
+    (or None) and theta's trajectory (time steps, values) from t = 0, one point per update."""
     a, u = task.system()
     theta = torch.tensor(task.theta0, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.SGD([theta], lr=lr)
-    losses = []
+    losses, times, thetas = [], [0], [task.theta0]
     for start in range(0, steps, episode):
         s = torch.ones(task.n, dtype=torch.float64)
         for part, segment in segments(strategy, min(episode, steps - start), generator):
@@ -98,10 +101,19 @@ def train_online(task: Task, strategy: Strategy, steps: int, episode: int, lr: f
             optimizer.zero_grad()
             s = s.detach()
             losses.append(loss.detach())
+            times.append(start + part.stop)
+            thetas.append(float(theta.detach()))
             view.advance(len(loss))
             if not bool(loss.max() < DIVERGED):
-                return float(theta.detach()), torch.cat(losses), start + part.stop
-    return float(theta.detach()), torch.cat(losses), None
+                return thetas[-1], torch.cat(losses), start + part.stop, (times, thetas)
+    return thetas[-1], torch.cat(losses), None, (times, thetas)
+
+
+def thin(times: list[int], values: list[float], points: int = TRAJECTORY_POINTS) -> tuple[list[int], list[float]]:
+    """At most about `points` evenly spaced points of a trajectory, its first and last included."""
+    stride = max(1, -(-len(times) // points))
+    keep = list(range(0, len(times), stride)) + ([len(times) - 1] if (len(times) - 1) % stride else [])
+    return [times[i] for i in keep], [values[i] for i in keep]
 
 
 def lineup(truncations: list[int], tau: int, episode: int) -> list[tuple[str, Strategy]]:
@@ -123,10 +135,10 @@ def influence_balancing(task: Task, steps: int, episode: int, lr: float, tau: in
     with LiveView("influence balancing", steps * len(strategies), quiet) as view:
         for label, strategy in strategies:
             view.describe(label)
-            theta, losses, diverged = train_online(task, strategy, steps, episode, lr, tau,
-                                                   torch.Generator().manual_seed(seed), view)
+            theta, losses, diverged, trajectory = train_online(task, strategy, steps, episode, lr, tau,
+                                                               torch.Generator().manual_seed(seed), view)
             view.advance(steps - len(losses))
-            runs.append(Run(label, theta, losses, diverged))
+            runs.append(Run(label, theta, losses, diverged, thin(*trajectory)))
     return runs
 
 
@@ -160,14 +172,24 @@ def save(runs: list[Run], task: Task, episode: int, out: Path) -> tuple[Path, Pa
     summary = {
         "task": vars(task), "episode": episode, "optimal_theta": task.optimal_theta(episode),
         "stationary_theta": task.stationary_theta(),
-        "runs": [{"strategy": r.label, "theta": r.theta, "loss": final_loss(r, episode), "diverged_at": r.diverged_at}
-                 for r in runs],
+        "runs": [{"strategy": r.label, "theta": r.theta, "loss": final_loss(r, episode), "diverged_at": r.diverged_at,
+                  "trajectory": {"step": r.trajectory[0], "theta": r.trajectory[1]}} for r in runs],
     }
     atomic_write_text(out / "influence-balancing.json", json.dumps(summary, indent=1) + "\n")
-    series = [Series(r.label, *episode_means(r.losses, episode)) for r in runs]
-    png = plot_lines(out / "influence-balancing.png", series, "time step", "mean loss per step over each episode",
-                     f"Influence balancing: online SGD on θ (θ* = {task.optimal_theta(episode):.3f})", logy=True)
-    return out / "influence-balancing.json", png
+    return out / "influence-balancing.json", plot(runs, task, episode, out / "influence-balancing.png")
+
+
+def plot(runs: list[Run], task: Task, episode: int, path: Path) -> Path:
+    """θ(t) of every strategy against θ* (runs that run away leave the frame), and the loss per episode."""
+    best, steps = task.optimal_theta(episode), max(r.trajectory[0][-1] for r in runs)
+    span = 3 * max(abs(task.theta0 - best), abs(task.stationary_theta() - best))
+    thetas = [Series(r.label, *r.trajectory) for r in runs]
+    thetas.append(Series(f"θ* = {best:.4f} (episode optimum)", [0, steps], [best, best], style="k--"))
+    losses = [Series(r.label, *episode_means(r.losses, episode)) for r in runs]
+    return plot_panels(path, [
+        Panel(thetas, "time step", "θ", "θ(t) against θ*", ylim=(best - span, best + span)),
+        Panel(losses, "time step", "mean loss per step over each episode", "loss", logy=True),
+    ], title=f"Influence balancing, n = {task.n}, p = {task.p}: online SGD on θ, {steps:,} steps")
 
 
 def default_out() -> Path:

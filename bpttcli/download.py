@@ -13,11 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from urllib3.exceptions import ReadTimeoutError
 
+from .config import DEFAULT_SHA1, DEFAULT_URL  # the book: the config's default corpus
 from .errors import DownloadError
 from .fsutil import atomic_open, ensure_dir
 
-DEFAULT_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
-DEFAULT_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 LOCAL_HINT = "train on a local copy with --data PATH"
 WRITABLE_HINT = "choose a writable directory with --data-dir or $BPTT_DATA_DIR"
 CHUNK = 1 << 16

@@ -43,7 +43,8 @@ class Interval:
 
     def state_dict(self) -> dict:
         return {"loss": float(self.loss), "tokens": self.tokens, "norms": [float(n) for n in self.norms],
-                "segments": list(self.segments), "max_weight": self.max_weight}
+                "segments": list(self.segments), "max_weight": self.max_weight,
+                "seconds": time.monotonic() - self.started}  # so that a resumed interval's chars/s stays true
 
 
 class RunLog:
@@ -51,6 +52,7 @@ class RunLog:
 
     def __init__(self, path: Path, clip: float):
         self.path, self.clip = Path(path), clip
+        self.sink = None  # called with every record written (the TensorBoard log), or None
         self.interval = Interval()
         self.norm_history: list[float] = []
         self.history: list[dict] = []  # per log interval: step, grad norm mean/max, ppl
@@ -119,10 +121,16 @@ class RunLog:
                      "best_val_ppl": self.best_val, "elapsed": elapsed})
         return improved
 
+    def record_stop(self, position: dict, reason: str, elapsed: float) -> None:
+        """Write a stop line: how a run ended that leaves no checkpoint to say so (it diverged)."""
+        self._write({"kind": "stop", **position, "reason": reason, "elapsed": elapsed})
+
     def _write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self.metrics_lines += 1
+        if self.sink is not None:
+            self.sink(record)
 
     def rewind(self) -> None:
         """Keep only the metrics lines this log accounts for; a resumed run writes the later ones again."""
@@ -169,6 +177,7 @@ class RunLog:
         self.best_val, self.last_val = p["best_val"], p["last_val"]
         self.evaluated_at, self.metrics_lines = p["evaluated_at"], p["metrics_lines"]
         i = p["interval"]
-        self.interval = Interval(i["loss"], i["tokens"], i["norms"], i["segments"], i["max_weight"])
+        self.interval = Interval(i["loss"], i["tokens"], i["norms"], i["segments"], i["max_weight"],
+                                 time.monotonic() - i.get("seconds", 0.0))
         self.norm_history = p["norm_history"].tolist()
         self.segment_stats, self.history, self.last_train = p["segment_stats"], p["history"], p["last_train"]

@@ -48,17 +48,22 @@ def tune_allocator() -> None:
         pass  # not glibc: nothing to tune
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what nohup, Slurm and `kill` send
+
+
 @contextlib.contextmanager
-def on_sigint(handler):
-    """Route Ctrl-C to `handler` inside the block (main thread only: signals cannot be set elsewhere)."""
+def on_sigint(handler, signals=(signal.SIGINT,)):
+    """Route Ctrl-C (and the other `signals`) to `handler` inside the block (main thread only: signals
+    cannot be set elsewhere)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def flush_denormals() -> None:

@@ -8,15 +8,15 @@ frequency: a space for prose), which is not printed, so a sample starts the way 
 
 from __future__ import annotations
 
-import enum
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
 import torch
 
+from .choices import Unknown
 from .config import Device
-from .corpus import preprocess
+from .corpus import preprocess, read_text
 from .errors import ConfigError
 from .model import CharRNN
 from .runtime import resolve_device
@@ -24,14 +24,6 @@ from .builders import load_trained
 from .vocab import Vocab
 
 MOST_FREQUENT = 1  # vocabulary ids follow <unk> in order of falling frequency
-
-
-class Unknown(str, enum.Enum):
-    """What to do with prefix characters outside the vocabulary."""
-
-    error = "error"  # refuse the prefix
-    skip = "skip"  # drop them
-    unk = "unk"  # feed <unk>
 
 
 class Sampler:
@@ -61,21 +53,32 @@ class Sampler:
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, length: int, temperature: float = 1.0, top_k: int = 0,
-                 greedy: bool = False, generator: torch.Generator | None = None) -> Iterator[str]:
+                 greedy: bool = False, generator: torch.Generator | None = None, top_p: float = 1.0) -> Iterator[str]:
         """Warm up on `ids` (or the most frequent character), then yield `length` sampled characters."""
         device = self.model.head.weight.device
         x = (ids if len(ids) else torch.tensor([MOST_FREQUENT])).to(device)[:, None]
         state = self.model.init_state(1)
         for _ in range(length):
             logits, state = self.model(x, state)
-            token = pick(logits[-1, 0], temperature, top_k, greedy, generator)
+            token = pick(logits[-1, 0], temperature, top_k, greedy, generator, top_p)
             yield self.vocab.itos[token]
             x = torch.tensor([[token]], device=device)
 
+    def complete(self, prefix: str = "", length: int = 200, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
+                 unknown: Unknown = Unknown.error) -> str:
+        """The preprocessed prefix followed by `length` sampled characters, as one string."""
+        check_options(length, temperature, top_k, 1, top_p)
+        ids = self.encode(prefix, unknown)
+        chars = self.generate(ids, length, temperature, top_k, greedy, seeded(seed), top_p)
+        return self.vocab.decode(ids) + "".join(chars)
 
-def pick(logits: torch.Tensor, temperature: float, top_k: int, greedy: bool, generator: torch.Generator | None) -> int:
-    """The next token: the argmax, or a draw from softmax(logits / T) over the top k (never <unk>)."""
-    logits = logits.detach().float().cpu()
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int, greedy: bool, generator: torch.Generator | None,
+         top_p: float = 1.0) -> int:
+    """The next token: the argmax, or a draw from softmax(logits / T) over the top k characters and then the
+    smallest set of them whose probabilities sum to at least `top_p` (nucleus sampling); never <unk>."""
+    logits = logits.detach().float().cpu().clone()  # a copy: the caller's logits stay as they were
     logits[0] = -torch.inf
     if greedy:
         return int(logits.argmax())
@@ -83,14 +86,39 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, greedy: bool, gen
         kth = logits.topk(min(top_k, len(logits) - 1)).values[-1]
         logits[logits < kth] = -torch.inf
     probs = torch.softmax(logits / temperature, dim=0)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(0) - sorted_probs >= top_p  # the mass before them already reaches top_p
+        probs[order[outside]] = 0.0
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def check_options(length: int, temperature: float, top_k: int, num_samples: int) -> None:
+def seeded(seed: int | None) -> torch.Generator:
+    """A generator seeded with `seed`, or with fresh entropy (a different sample each time) when None."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def read_prefix(prefix: str, prefix_file: Path | None) -> str:
+    """The prefix: the text given, or the whole of a UTF-8 file (nanoGPT's FILE: start)."""
+    if prefix_file is None:
+        return prefix
+    if prefix:
+        raise ConfigError("pass --prefix or --prefix-file, not both")
+    return read_text(prefix_file)
+
+
+def check_options(length: int, temperature: float, top_k: int, num_samples: int, top_p: float = 1.0) -> None:
     if temperature <= 0:
         raise ConfigError(f"--temperature must be > 0 (got {temperature:g}); for the likeliest character use --greedy")
     if top_k < 0:
         raise ConfigError(f"--top-k must be >= 0, 0 meaning no limit (got {top_k})")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], 1 meaning no limit (got {top_p:g})")
     if length < 0 or num_samples < 1:
         raise ConfigError(f"--length must be >= 0 and --num-samples >= 1 (got {length} and {num_samples})")
 
@@ -98,22 +126,20 @@ def check_options(length: int, temperature: float, top_k: int, num_samples: int)
 def sample(
     target: Path, prefix: str = "", length: int = 200, temperature: float = 1.0, top_k: int = 0,
     greedy: bool = False, num_samples: int = 1, seed: int | None = None, device: Device | str = Device.auto,
-    last: bool = False, unknown: Unknown = Unknown.error, out: TextIO = sys.stdout,
+    last: bool = False, unknown: Unknown = Unknown.error, out: TextIO = sys.stdout, top_p: float = 1.0,
+    prefix_file: Path | None = None,
 ) -> list[str]:
     """Write `num_samples` samples to `out` as they are generated (each after its preprocessed prefix); return them."""
-    check_options(length, temperature, top_k, num_samples)
+    check_options(length, temperature, top_k, num_samples, top_p)
+    prefix = read_prefix(prefix, prefix_file)
     sampler = Sampler.load(target, last, device)
     ids = sampler.encode(prefix, unknown)
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()  # fresh entropy: a different sample each time
-    else:
-        generator.manual_seed(seed)
+    generator = seeded(seed)
     texts = []
     for i in range(num_samples):
         text = sampler.vocab.decode(ids)
         out.write(("\n" if i else "") + text)
-        for char in sampler.generate(ids, length, temperature, top_k, greedy, generator):
+        for char in sampler.generate(ids, length, temperature, top_k, greedy, generator, top_p):
             out.write(char)
             out.flush()
             text += char

@@ -17,22 +17,11 @@ follows the segment.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
-
-class StrategyName(str, enum.Enum):
-    full = "full"
-    truncated = "truncated"
-    random = "random"
-    tbptt = "tbptt"
-
-
-class Schedule(str, enum.Enum):
-    geometric = "geometric"  # c = 1/tau
-    polytail = "polytail"  # c_k = (alpha-1) / ((alpha-2) tau + k), heavy-tailed lengths
+from .choices import Schedule, StrategyName
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from .model import detach_state
 from .recurrence import GATES
 from .runlog import RunLog
 from .rundir import check_new_run_dir, default_run_dir, resume_config
-from .runtime import on_sigint
+from .runtime import STOP_SIGNALS, on_sigint
 from .strategies import make_strategy
-from .ui import LiveView, compact
+from .tensorboard_log import TensorBoardLog
+from .ui import LiveView, compact, plural
 from .vocab import Vocab
 
 
@@ -41,6 +43,8 @@ class Trainer:
         self, config: Config, run_dir: Path, resume: dict | None = None, quiet: bool = False, view: LiveView | None = None
     ):
         self.config, self.run_dir = config, run_dir
+        if config.train.tensorboard:
+            TensorBoardLog.require()
         self.device, self.generator = prepare_process(config)
         self.data = load_dataset(config, quiet=quiet)
         if resume and self.data.vocab != Vocab.from_list(resume.get("vocab", [])):
@@ -59,21 +63,25 @@ class Trainer:
             self.total_tokens = min(self.total_tokens, config.train.max_tokens)
         self.updates, self.epoch, self.tokens, elapsed = 0, 0, 0, 0.0
         self.log = RunLog(run_dir / "metrics.jsonl", config.optim.clip)
-        self.stop_requested = False
+        self.stop_requested, self.stop_reason = None, None  # the signal that asked to stop; why the run stopped
         if resume:
             elapsed = self._restore(resume)
         else:
             self.batcher.start_epoch()
             self.state = self.model.init_state(d.batch_size)
+        self.invocation_started = time.monotonic()  # --max-time counts this invocation's time
+        self.started = self.invocation_started - elapsed  # the whole run's clock, resumed parts included
         self.owns_view = view is None
-        self.view = view or LiveView("train", self._display_total(), quiet, unit="chars")
-        self.started = time.monotonic() - elapsed
+        deadline = self.invocation_started + config.train.max_time if config.train.max_time else None
+        self.view = view or LiveView("train", self._display_total(), quiet, unit="chars", deadline=deadline,
+                                     progress_every=config.train.progress_every, completed=self.tokens)
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict:
         self.log.rewind()
-        with on_sigint(self._request_stop), self.view if self.owns_view else contextlib.nullcontext():
-            self.view.advance(self.tokens)
+        board = TensorBoardLog(self.run_dir, self.log, self.updates) if self.config.train.tensorboard else None
+        with board or contextlib.nullcontext(), on_sigint(self._request_stop, STOP_SIGNALS), \
+                self.view if self.owns_view else contextlib.nullcontext():
             self._announce()
             while self.step():
                 pass
@@ -83,7 +91,8 @@ class Trainer:
                 self._finish()
         if self.stop_requested:
             raise Interrupted(
-                f"interrupted at step {self.updates}; checkpoint saved; resume with: bptt train --resume {self.run_dir}"
+                f"interrupted by {self.stop_requested} at step {self.updates}; checkpoint saved; "
+                f"resume with: bptt train --resume {self.run_dir}"
             )
         return self.summary()
 
@@ -103,24 +112,31 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        self.stop_requested = True
+        self.stop_requested = signal.Signals(signum).name
 
     def _should_continue(self) -> bool:
+        """True to train one more update; otherwise False, with the reason in `stop_reason`."""
         t = self.config.train
-        if self.stop_requested or (t.max_steps and self.updates >= t.max_steps):
-            return False
+        if self.stop_requested:
+            return self._stop("interrupted")
+        if t.max_steps and self.updates >= t.max_steps:
+            return self._stop("max_steps")
         if t.max_tokens and self.tokens >= t.max_tokens:
-            return False
-        if t.max_time and self._elapsed() >= t.max_time:
-            return False
+            return self._stop("max_tokens")
+        if t.max_time and time.monotonic() - self.invocation_started >= t.max_time:
+            return self._stop("max_time")
         if self.batcher.remaining == 0:
             if self.epoch + 1 >= t.epochs:
-                return False
+                return self._stop("epochs")
             self.epoch += 1
             self.batcher.start_epoch()
             self.state = self.model.init_state(self.config.data.batch_size)
             self.replay.clear()
         return True
+
+    def _stop(self, reason: str) -> bool:
+        self.stop_reason = reason
+        return False
 
     def _available_steps(self) -> int:
         """Steps left in the epoch, capped near the token budget (so `full` cannot overshoot it by an epoch)."""
@@ -149,7 +165,7 @@ class Trainer:
         self.updates += 1
         self.tokens += y.numel()
         self.log.record_step(loss, y.numel(), grad_norm, segment.length, segment.max_weight)
-        self.view.advance(y.numel())
+        self.view.advance(y.numel(), step=self.updates, epoch=self.epoch + 1)
 
     def learning_rate(self) -> float:
         """The base rate, or its cosine annealing over the token budget (epochs, or max_tokens if smaller)."""
@@ -190,6 +206,8 @@ class Trainer:
             self._diverged(where)
 
     def _diverged(self, where: str) -> None:
+        self.stop_reason = "diverged"
+        self.log.record_stop(self._position(), f"diverged: non-finite loss or gradient at {where}", self._elapsed())
         last = self.run_dir / "last.pt"
         kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written"
         raise TrainingDiverged(f"non-finite loss or gradient at {where}; {kept}; lower --lr or set --clip")
@@ -219,7 +237,7 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def summary(self) -> dict:
-        return {**self._position(), "elapsed": self._elapsed(), **self.log.summary()}
+        return {**self._position(), "elapsed": self._elapsed(), "stop_reason": self.stop_reason, **self.log.summary()}
 
     def _state(self) -> dict:
         """Everything besides the weights that an exact resume continues from."""
@@ -267,13 +285,16 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not match this model or version: {reason(exc)}") from None
 
     def _announce(self) -> None:
-        c, b = self.config, self.batcher
+        c, b, o = self.config, self.batcher, self.config.optim
+        params = sum(p.numel() for p in self.model.parameters())
         self.view.print(
-            f"[bold]{c.strategy.name.value}[/] BPTT · {c.model.cell.value.upper()}-{c.model.hidden}x{c.model.layers}"
-            f" · vocab {len(self.data.vocab)} · {compact(len(self.data.train))} train / "
-            f"{compact(len(self.data.val))} val chars\n{c.data.batch_size} {c.data.partition.value} streams x "
-            f"{compact(b.steps_per_epoch)} chars per epoch · tau {c.strategy.tau} · {self.device.type}\n"
-            f"run: {self.run_dir}" + (f" · resuming at step {self.updates}" if self.updates else "")
+            f"[bold]{c.strategy.name.value}[/] BPTT, tau {c.strategy.tau} · {c.model.cell.value.upper()}-"
+            f"{c.model.hidden}x{c.model.layers}, {compact(params)} params · {o.optimizer.value} lr {o.lr:g} "
+            f"{o.schedule.value}, clip {o.clip:g} · {self.device.type}\n"
+            f"data: {compact(len(self.data.train))} train / {compact(len(self.data.val))} val chars · vocab "
+            f"{len(self.data.vocab)} · {c.data.batch_size} {c.data.partition.value} streams of "
+            f"{compact(b.steps_per_epoch)}\n"
+            f"budget: {budget(c)} · run: {self.run_dir}" + (f" · resuming at step {self.updates}" if self.updates else "")
         )
         if self.strategy.whole_epoch:
             mib = activation_bytes(c, b.steps_per_epoch) / 2**20
@@ -281,6 +302,16 @@ class Trainer:
                 f"full BPTT over the whole epoch: one update per epoch, ~{mib:,.1f} MiB of activations"
                 + (" (--recompute: ~sqrt of that)" if c.train.recompute else "")
             )
+
+
+def budget(config: Config) -> str:
+    """What stops the run, e.g. '20 epochs or 300 s': epochs and whichever limits are set."""
+    t = config.train
+    limits = [plural(t.epochs, "epoch")]
+    limits += [f"{plural(t.max_steps, 'step')}"] if t.max_steps else []
+    limits += [f"{compact(t.max_tokens)} chars"] if t.max_tokens else []
+    limits += [f"{t.max_time:g} s"] if t.max_time else []
+    return " or ".join(limits)
 
 
 def _start(trainer: Trainer) -> dict:

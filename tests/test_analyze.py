@@ -107,6 +107,7 @@ def test_analyze_fresh_weights_writes_table_json_and_png(bptt, corpus, tmp_path)
     assert report["cell"] == "gru" and report["source"] == "fresh weights"
     assert len(report["gradient_norms"]) == 11 and list(report["spectrum"]) == ["r", "z", "n"]
     assert len(report["jacobian_norms"]) == 11
+    assert (report["streams"], report["jacobian_streams"]) == (3, 3)  # what the plot's legend says it averages
     assert (tmp_path / "out/analysis.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -117,7 +118,25 @@ def test_analyze_a_trained_run_writes_into_the_run_directory(bptt, corpus, tmp_p
     report = json.loads((tmp_path / "run/analysis.json").read_text())
     assert report["source"].endswith("best.pt") and len(report["gradient_norms"]) == 9
     assert report["gradient_norms"][0] > 0
+    assert (report["streams"], report["jacobian_streams"]) == (2, 2)
     assert (tmp_path / "run/analysis.png").is_file()
+
+
+def test_the_jacobian_legend_says_how_many_of_the_streams_it_averages(tmp_path, monkeypatch):
+    import bpttcli.analyze as lib
+
+    captured = {}
+
+    def keep(path, panels, title=""):
+        captured["labels"] = [s.label for s in panels[2].series]
+        captured["titles"] = [p.title for p in panels]
+
+    monkeypatch.setattr(lib, "plot_panels", keep)
+    a = lib.Analysis("x", "gru", 4, [1.0, 0.5, 0.25], 0.5, 1, {"r": {"singular_values": [1.0], "spectral_radius": 1.0}},
+                     [0.9, 0.8], -0.1, jacobian_streams=4, streams=16)
+    lib.plot(a, tmp_path / "a.png")
+    assert captured["labels"][0] == "mean over the first 4 of 16 streams"
+    assert all("$" in title for title in captured["titles"][:2])  # mathtext: rendered as math, not as dl_T/dh_{T-k}
 
 
 def test_analyze_theory_prints_the_exercises_and_writes_theory_png(bptt, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -161,3 +163,71 @@ def test_every_option_maps_to_a_real_config_key_and_a_real_parameter():
     for command, keys in tables:
         assert set(keys.values()) <= _config_keys(), set(keys.values()) - _config_keys()
         assert set(keys) <= set(inspect.signature(command).parameters)
+
+
+# ------------------------------------------------------------------ help at 80 columns, start-up
+def help_at_80(cli_runner, command: tuple[str, ...]) -> str:
+    result = cli_runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def shown_options(command: tuple[str, ...]):
+    """The click parameters of `command` and the context their help is shown in."""
+    cmd = functools.reduce(lambda group, name: group.commands[name], command, ROOT)
+    ctx = cmd.context_class(cmd, info_name=command[-1] if command else "bptt")
+    return [p for p in cmd.get_params(ctx) if not getattr(p, "hidden", False)], ctx
+
+
+@pytest.mark.parametrize("command", [(), ("demo",)] + leaf_commands(ROOT), ids=lambda c: " ".join(c) or "bptt")
+def test_help_fits_80_columns_without_cut_text_or_split_metavars(cli_runner, command):
+    from rich.text import Text
+
+    out = help_at_80(cli_runner, command)
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines) and "…" not in out
+    tokens = set(out.replace("│", " ").split())
+    params, ctx = shown_options(command)
+    for param in params:
+        metavar = param.metavar if param.metavar is not None else param.display_type_rich(ctx)
+        if getattr(param, "is_flag", False):
+            assert metavar == "", param.name  # a flag takes no value: no <bool>
+        else:
+            assert metavar in out and any(metavar in line for line in lines), (param.name, metavar)
+        for word in Text.from_markup(param.help or "").plain.split():  # every word whole: nothing folded or cut
+            assert word in tokens, (param.name, word)
+    assert "<bool>" not in out and "<list[" not in out
+
+
+def test_train_help_groups_options_in_panels_with_the_config_defaults(cli_runner):
+    from bpttcli.config import Config
+
+    out = help_at_80(cli_runner, ("train",))
+    panels = [line.split("─")[1].strip() for line in out.splitlines() if line.startswith("╭─")]
+    assert panels == ["Options", "Data", "Model", "Strategy", "Optimiser", "Run"]
+    defaults = Config()
+    text = " ".join(out.replace("│", " ").split())
+    for shown in (f"Hidden units per layer. [default: {defaults.model.hidden}]",
+                  f"[default: {defaults.strategy.name.value}]", f"[default: {defaults.strategy.tau}]",
+                  f"[default: {defaults.optim.optimizer.value}]", f"[default: {defaults.train.eval_every}]"):
+        assert shown in text
+
+
+def test_shell_completion_is_on(bptt):
+    out = bptt("--help").output
+    assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_help_does_not_import_torch_and_python_m_works():
+    probe = ("import sys; from bpttcli.cli import main; sys.argv = ['bptt', '--help'];\n"
+             "try: main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith("False"), out.stderr
+    version = subprocess.run([sys.executable, "-m", "bpttcli", "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"bptt {__version__}"
+
+
+def test_error_messages_keep_square_brackets(cli_error, tmp_path):
+    """A message is printed as text, not rich markup: '[1]' in a path stays (it used to vanish)."""
+    assert f"corpus {tmp_path / 'book[1].txt'} is not a file" in cli_error("train", "--data", tmp_path / "book[1].txt",
+                                                                           "-q", code=3)

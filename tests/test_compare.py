@@ -8,6 +8,7 @@ import json
 import pytest
 
 from bpttcli import compare as lib
+from bpttcli import compare_report as report
 from bpttcli import gradient_quality
 from bpttcli.errors import ConfigError
 from bpttcli.errors import Interrupted
@@ -137,6 +138,21 @@ def test_cli_prints_tables(bptt, corpus, tmp_path):
     for text in ("val ppl", "truncated", "random-polytail", "peak MiB", "during training", "results.json"):
         assert text in result.stdout
     assert "gradient quality" not in result.stdout
+
+
+def test_tables_fit_80_columns_with_every_cell_whole(done):
+    import io
+
+    from rich.console import Console
+
+    results, _ = done
+    for title, headers, rows, caption in report.tables(results):
+        out = io.StringIO()
+        Console(file=out, width=80, color_system=None).print(report.rich_table(title, headers, rows, ""))
+        text = out.getvalue()
+        assert all(len(line.rstrip()) <= 80 for line in text.splitlines()) and "…" not in text, text
+        for row in rows:  # each row on one line, every cell whole
+            assert any(all(cell in line for cell in row) for line in text.splitlines()), row
 
 
 @pytest.mark.parametrize("args, message", [

@@ -70,15 +70,6 @@ def test_tables_and_markdown_with_and_without_gradient_quality():
     assert report.rich_table(*report.tables(results())[0]).row_count == 2
 
 
-def test_band_is_the_mean_and_sd_over_the_range_every_seed_covers():
-    curves = [{"tokens": [0, 10], "val_ppl": [10.0, 0.0]}, {"tokens": [5, 20], "val_ppl": [6.0, 3.0]}]
-    grid, mean, sd = report.band(curves, "tokens", points=3)
-    assert grid.tolist() == [5.0, 7.5, 10.0]
-    assert mean.tolist() == pytest.approx([(5 + 6) / 2, (2.5 + 5.5) / 2, (0 + 5) / 2])
-    assert sd.tolist() == pytest.approx(np.std([[5, 6], [2.5, 5.5], [0, 5]], axis=1, ddof=1))
-    assert report.band(curves[:1], "tokens")[2] is None  # one seed: no spread
-
-
 def test_describe_names_model_tau_batch_optimizer_and_budget():
     config = load_config(None, {"model.cell": "gru", "model.hidden": 64, "strategy.tau": 20, "train.max_tokens": 50000})
     assert report.describe(config) == "GRU-64x1 · tau 20 · batch 32 · sgd lr 1 · 50.0k chars per run"

@@ -10,7 +10,7 @@ import yaml
 from bpttcli.config import Config, LrSchedule, Partition, dump_yaml, from_dict, load_config, read_yaml, to_dict
 from bpttcli.corpus import Preprocess
 from bpttcli.errors import ConfigError
-from bpttcli.recurrence import Cell
+from bpttcli.choices import Cell  # the class config.py uses (recurrence re-exports it once merged)
 from bpttcli.strategies import StrategyName
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.y*ml"))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bpttcli.demo import Task, influence_balancing, unroll
+from bpttcli.demo import Task, influence_balancing, thin, unroll
 
 TINY = dict(steps=2000, episode=200, lr=0.003, tau=30, seed=0, quiet=True)
 
@@ -86,3 +86,23 @@ def test_demo_stops_a_diverging_run_and_says_when(bptt, tmp_path):
                                   ["--truncation", "0"]])
 def test_demo_bad_options_are_one_line_errors(bptt_error, args):
     assert bptt_error("demo", "influence-balancing", *args, code=2).startswith("error: ")
+
+
+def test_the_json_keeps_each_strategys_theta_trajectory_from_theta0_to_its_end(bptt, tmp_path):
+    bptt("demo", "influence-balancing", "--steps", "300", "--episode", "100", "--truncation", "1", "--lr", "0.01",
+         "--out", "ib", "-q")
+    runs = json.loads((tmp_path / "ib/influence-balancing.json").read_text())["runs"]
+    for run in runs:
+        steps, thetas = run["trajectory"]["step"], run["trajectory"]["theta"]
+        assert (steps[0], thetas[0]) == (0, Task().theta0) and (steps[-1], thetas[-1]) == (300, run["theta"])
+        assert steps == sorted(steps) and len(steps) == len(thetas)
+    by_name = {r["strategy"]: r for r in runs}
+    assert len(by_name["truncated τ=1"]["trajectory"]["step"]) == 301  # one point per update, short runs in full
+    assert len(by_name["full (episode 100)"]["trajectory"]["step"]) == 4  # one update per episode
+
+
+def test_thin_keeps_the_ends_and_at_most_about_the_points_asked():
+    times = list(range(10_001))
+    kept, values = thin(times, [t / 2 for t in times], 1000)
+    assert kept[0] == 0 and kept[-1] == 10_000 and len(kept) <= 1001 and values == [t / 2 for t in kept]
+    assert thin([0, 5, 9], [1.0, 2.0, 3.0], 1000) == ([0, 5, 9], [1.0, 2.0, 3.0])

@@ -43,3 +43,64 @@ def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
         plot_lines(path, [Series("a", [1, 2], [3, 4])], "x", "y")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+# ------------------------------------------------------------------ curves of runs: `bptt plot`
+TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
+        "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n") * 2
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    from bpttcli.config import load_config
+    from bpttcli.train import train
+
+    base = tmp_path_factory.mktemp("plot")
+    corpus = base / "tiny.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    for name, strategy in (("truncated", "truncated"), ("random", "random")):
+        train(load_config(None, {"data.path": str(corpus), "model.hidden": 16, "data.batch_size": 2,
+                                 "strategy.tau": 5, "strategy.name": strategy, "train.max_steps": 12,
+                                 "train.log_every": 3, "train.eval_every": 6, "train.device": "cpu"}),
+              base / name, quiet=True)
+    return base / "truncated", base / "random"
+
+
+def lines_of(run) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("metric, kind", [("val_ppl", "eval"), ("grad_norm_mean", "train"), ("clip_rate", "train")])
+@pytest.mark.parametrize("x, key", [("chars", "tokens"), ("time", "elapsed"), ("step", "step")])
+def test_a_curve_is_the_metric_against_x_from_the_lines_that_hold_it(two_runs, metric, kind, x, key):
+    from bpttcli.plots import metric_curve
+
+    records = [r for r in lines_of(two_runs[0]) if r["kind"] == kind]
+    assert metric_curve(two_runs[0], metric, x) == ([r[key] for r in records], [r[metric] for r in records])
+
+
+def test_plot_command_overlays_runs(bptt, two_runs, tmp_path):
+    out = bptt("plot", *two_runs, "--metric", "grad_norm_mean", "--x", "step", "--out", tmp_path / "norms.png").output
+    assert out.strip() == f"wrote {tmp_path / 'norms.png'}"
+    assert (tmp_path / "norms.png").read_bytes().startswith(PNG)
+    bptt("plot", two_runs[0])  # defaults: val_ppl against chars, into the working directory
+    assert (tmp_path / "val_ppl-vs-chars.png").read_bytes().startswith(PNG)
+
+
+def test_plot_errors_are_one_line(bptt_error, two_runs, tmp_path):
+    line = bptt_error("plot", two_runs[0], "--metric", "accuracy", code=2)
+    assert "logged no 'accuracy'" in line and "grad_norm_mean" in line and "val_ppl" in line
+    assert "no metrics.jsonl" in bptt_error("plot", tmp_path, code=2)
+    assert "'--x'" in bptt_error("plot", two_runs[0], "--x", "epochs", code=2)
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_band_is_the_mean_and_sd_over_a_shared_range():
+    from bpttcli.plots import band
+
+    grid, mean, sd = band([([0, 10], [10, 20]), ([0, 5, 10], [20, 25, 30])], points=3)
+    assert list(grid) == [0, 5, 10] and list(mean) == [15, 20, 25] and list(sd) == pytest.approx([7.0711] * 3, rel=1e-4)
+    grid, mean, sd = band([([2, 4], [1, 3])], points=3)
+    assert list(grid) == [2, 3, 4] and list(mean) == [1, 2, 3] and sd is None

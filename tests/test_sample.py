@@ -128,3 +128,57 @@ def test_loads_on_cpu(letters_run):
 def test_gpu_checkpoint_samples_on_cpu(tmp_path):
     run = tiny_run(tmp_path, "letters", device="cuda")
     assert len(generate(run, length=20, seed=0, device="cpu")) == 21
+
+
+# ------------------------------------------------------------------ nucleus sampling, a prefix from a file
+def test_top_p_samples_only_from_the_nucleus():
+    probs = torch.tensor([0.0, 0.5, 0.3, 0.15, 0.05])  # <unk> first, never sampled
+    logits = torch.log(probs.clamp(min=1e-30))
+    g = torch.Generator().manual_seed(0)
+
+    def counts(top_p):
+        return Counter(pick(logits, 1.0, 0, False, g, top_p) for _ in range(3000))
+
+    assert set(counts(0.5)) == {1}  # 0.5 alone reaches 0.5
+    assert set(counts(0.7)) == {1, 2}  # 0.5 + 0.3 reaches 0.7
+    assert set(counts(0.85)) == {1, 2, 3}
+    assert set(counts(1.0)) == {1, 2, 3, 4}
+    within = counts(0.8)  # the nucleus {1, 2} renormalised: 5/8 and 3/8
+    assert abs(within[1] / 3000 - 5 / 8) < 0.04
+
+
+def test_top_p_applies_after_temperature_and_top_k():
+    logits = torch.log(torch.tensor([1e-30, 0.4, 0.35, 0.25]))
+    g = torch.Generator().manual_seed(0)
+    assert {pick(logits, 1.0, 2, False, g, 0.5) for _ in range(500)} == {1}  # top 2, renormalised: 0.53 alone
+    assert {pick(logits, 100.0, 0, False, g, 0.5) for _ in range(500)} == {1, 2}  # flat: two needed to reach 0.5
+
+
+def test_prefix_file(bptt, letters_run, tmp_path):
+    prefix = tmp_path / "start.txt"
+    prefix.write_text("The Time\nTraveller!", encoding="utf-8")
+    out = bptt("sample", letters_run, "--prefix-file", prefix, "--length", 20, "--seed", 1).output
+    assert out.startswith("the time traveller ") and len(out.rstrip("\n")) == len("the time traveller ") + 20
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["--top-p", "0"], 2, "--top-p must be in (0, 1]"), (["--top-p", "1.5"], 2, "--top-p must be in (0, 1]"),
+    (["--prefix", "a", "--prefix-file", "start.txt"], 2, "not both"),
+    (["--prefix-file", "missing.txt"], 3, "is not a file"),
+])
+def test_top_p_and_prefix_file_errors(bptt_error, letters_run, tmp_path, args, code, says):
+    (tmp_path / "start.txt").write_text("the", encoding="utf-8")
+    assert says in bptt_error("sample", letters_run, *args, code=code)
+
+
+def test_complete_returns_the_prefix_and_the_sample_as_one_string(letters_run):
+    sampler = Sampler.load(letters_run)
+    text = sampler.complete("The Time", length=30, top_p=0.9, seed=3)
+    assert text.startswith("the time") and len(text) == len("the time") + 30
+    assert sampler.complete("The Time", length=30, top_p=0.9, seed=3) == text
+
+
+def test_pick_leaves_the_callers_logits_alone():
+    logits = torch.tensor([0.5, 2.0, 1.0, 0.25])
+    pick(logits, 1.0, 2, False, torch.Generator().manual_seed(0), 0.9)
+    assert logits.tolist() == [0.5, 2.0, 1.0, 0.25]  # <unk> and the top-k cut were written into them

@@ -301,7 +301,7 @@ def test_full_bptt_prints_its_memory_estimate_and_help_calls_it_infeasible(bptt,
     out = bptt("train", "--data", corpus, "--hidden", 16, "-b", 2, "-t", 5, "--device", "cpu", "--strategy", "full",
                "--epochs", 1, "--run-dir", "run").output
     assert "full BPTT over the whole epoch: one update per epoch, ~" in out and "MiB of activations" in out
-    assert "done · 1 steps" in out
+    assert "done · 1 step · " in out  # singular (it said "1 steps")
     help_text = "".join(bptt("train", "--help").output.replace("│", "").split())
     assert "computationallyinfeasible" in help_text and "Rundirectory[default:runs/" in help_text
 
@@ -352,3 +352,70 @@ def test_averaged_weights_are_what_checkpoints_serve(corpus, tmp_path):
     assert set(payload["model"]) == set(payload["train_model"])
     assert any(not torch.equal(payload["model"][k], payload["train_model"][k]) for k in payload["model"])
     assert payload["average"]["updates"] == 12
+
+# ------------------------------------------------------------------ what a log shows, and why a run stopped
+def test_a_piped_run_prints_its_settings_periodic_progress_lines_and_why_it_stopped(corpus, tmp_path):
+    """stderr to a file, as under nohup or Slurm: the progress lines arrive while the run goes on."""
+    run, log = tmp_path / "run", tmp_path / "stderr.log"
+    command = [sys.executable, "-m", "bpttcli", "train", "--data", str(corpus), *map(str, TINY_ARGS[:-1]),
+               "--max-time", "8", "--epochs", "1000000", "--log-every", "2", "--set", "train.progress_every=0.5",
+               "--run-dir", str(run)]
+    with open(log, "w") as err, open(tmp_path / "stdout.log", "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline, during = time.monotonic() + 60, []
+        while proc.poll() is None and time.monotonic() < deadline and len(during) < 2:
+            during = [line for line in log.read_text().splitlines() if line.startswith("train ")]
+            time.sleep(0.1)
+        running = proc.poll() is None
+        assert proc.wait(timeout=60) == 0
+    assert running and len(during) >= 2, log.read_text()  # two progress lines while the run was still going
+    lines = log.read_text().splitlines()
+    assert "truncated BPTT, tau 5 · RNN-16x1, " in lines[0] and " params · sgd lr 1 constant, clip 1 · cpu" in lines[0]
+    assert lines[2].startswith("budget: 1000000 epochs or 8 s · run: ")
+    progress = [line for line in lines if line.startswith("train ")]
+    assert len(progress) >= 4 and all(" chars · step " in line and " · eta " in line for line in progress)
+    assert any(" · loss " in line and " chars/s" in line for line in progress)
+    assert (tmp_path / "stdout.log").read_text().rstrip().endswith("· --max-time reached")
+
+
+@pytest.mark.parametrize("flags, reason", [
+    ({"train__max_steps": 3}, "max_steps"), ({"train__max_tokens": 25}, "max_tokens"),
+    ({"train__epochs": 1, "train__eval_every": 0}, "epochs"), ({"train__max_time": 0.2, "train__epochs": 10**6}, "max_time"),
+])
+def test_the_summary_and_the_last_checkpoint_say_why_the_run_stopped(corpus, tmp_path, flags, reason):
+    summary = train(config(corpus, **flags), tmp_path / "run", quiet=True)
+    assert summary["stop_reason"] == reason
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["summary"]["stop_reason"] == reason
+
+
+def test_max_time_on_resume_is_this_invocations_budget(corpus, tmp_path):
+    run = tmp_path / "run"
+    first = train(config(corpus, train__max_time=0.5, train__epochs=10**6), run, quiet=True)
+    again = resume(run, {"train.max_time": 0.5}, quiet=True)  # the whole run has had 0.5 s already: still 0.5 s more
+    assert again["step"] > first["step"] and again["stop_reason"] == "max_time"
+    assert again["elapsed"] >= 0.5 + 0.5  # `elapsed` stays the whole run's time: both invocations
+
+
+def test_sigterm_saves_a_checkpoint_and_says_so(corpus, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "bpttcli", "train", "--data", str(corpus), *map(str, TINY_ARGS),
+               "--max-steps", "100000", "--eval-every", "6", "--run-dir", str(run)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted by SIGTERM at step" in err and "Traceback" not in err, err
+    assert checkpoint.load(run / "last.pt")["summary"]["stop_reason"] == "interrupted"
+
+
+def test_a_diverged_run_ends_its_metrics_with_a_stop_line_that_resume_drops(bptt, bptt_error, corpus, tmp_path):
+    run = tmp_path / "run"
+    bptt("train", "--data", corpus, *TINY_ARGS, "--model", "linear", "--lr", 0.1, "--max-steps", 6, "--run-dir", run)
+    bptt_error("train", "--resume", run, "--lr", 1e4, "--clip", 0, "--max-steps", 60, "-q", code=6)
+    last = metrics(run)[-1]
+    assert last["kind"] == "stop" and last["reason"].startswith("diverged: non-finite loss or gradient at step")
+    bptt("train", "--resume", run, "--max-steps", 8, "-q")
+    assert "stop" not in [r["kind"] for r in metrics(run)]

@@ -15,8 +15,6 @@ backward's first buffer is the incoming output gradient itself when `buffers` sa
 
 from __future__ import annotations
 
-import enum
-
 import torch
 
 from . import buffers
@@ -26,14 +24,7 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), on
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y * (1 - y)
 
 
-class Cell(str, enum.Enum):
-    rnn = "rnn"
-    gru = "gru"
-    lstm = "lstm"
-    linear = "linear"  # the chapter's linear RNN: identity activation
-
-
-GATES = {Cell.rnn: 1, Cell.gru: 3, Cell.lstm: 4, Cell.linear: 1}
+from ..choices import GATES, Cell  # noqa: F401 (re-exported: Cell and GATES belong to the cells)
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -1,0 +1,5 @@
+"""`python -m bpttcli`: the `bptt` command."""
+
+from .cli import main
+
+main()
