@@ -157,6 +157,6 @@ def test_every_option_maps_to_a_real_config_key_and_a_real_parameter():
 
     from bpttcli import cli
 
-    for command, keys in ((cli.train, cli.TRAIN_KEYS), (cli.analyze, cli.ANALYZE_KEYS)):
+    for command, keys in ((cli.train, cli.TRAIN_KEYS), (cli.analyze, cli.ANALYZE_KEYS), (cli.prepare, cli.PREPARE_KEYS)):
         assert set(keys.values()) <= _config_keys(), set(keys.values()) - _config_keys()
         assert set(keys) <= set(inspect.signature(command).parameters)

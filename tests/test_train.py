@@ -15,7 +15,8 @@ import torch
 
 from bpttcli import checkpoint
 from bpttcli.config import load_config, read_yaml, to_dict
-from bpttcli.builders import load_dataset
+from bpttcli.builders import load_dataset, load_trained
+from bpttcli.engine import evaluate
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
 
@@ -338,3 +339,18 @@ def test_unwritable_run_dir_and_existing_run_are_refused(bptt, bptt_error, corpu
 
 def test_resume_from_a_directory_without_checkpoint(bptt_error, tmp_path):
     assert "has no last.pt to resume from" in bptt_error("train", "--resume", tmp_path, code=5)
+
+
+def test_validation_covers_the_same_first_eval_tokens_characters_each_time(corpus, tmp_path):
+    def evals(name, **flags):
+        train(config(corpus, train__max_steps=12, **flags), tmp_path / name, quiet=True)
+        return [r for r in metrics(tmp_path / name) if r["kind"] == "eval"]
+
+    val = load_dataset(config(corpus)).val
+    whole = evals("all", train__eval_tokens=0)
+    assert [r["val_chars"] for r in whole] == [len(val) - 1] * 2  # 0: the whole split
+    assert evals("default") == whole  # the default bound (100k) covers a small split: nothing changes
+    bounded = evals("nine", train__eval_tokens=9)
+    assert [r["val_chars"] for r in bounded] == [9, 9]
+    _, model, _, _ = load_trained(tmp_path / "nine", "last")
+    assert bounded[-1]["val_loss"] == evaluate(model, val[:10], 2, 5) != whole[-1]["val_loss"]
