@@ -68,16 +68,16 @@ class Raw:
         return np.frombuffer(text.encode("utf-32-le"), np.uint32)
 
 
-def code_points(path: Path, mode: Preprocess, advance: Advance, chunk: int = CHUNK, checked: bool = False):
-    """The preprocessed text of `path` as arrays of code points, a chunk at a time; `advance(bytes read)` after each.
-
-    With `checked` (a second pass), `letters` does not decode the text again: it only needs the bytes.
-    """
-    letters = Preprocess(mode) is Preprocess.letters
-    step = Letters() if letters else Raw()
-    for data, text in read_chunks(path, chunk, decode=not (letters and checked)):
+def code_points(path: Path, step: Letters | Raw, advance: Advance, chunk: int = CHUNK, checked: bool = False):
+    """The text of `path` preprocessed by `step`, as arrays of code points, a chunk at a time; `advance(bytes read)`
+    after each. With `checked` (a second pass), `letters` does not decode the text again: it only needs the bytes."""
+    for data, text in read_chunks(path, chunk, decode=not (checked and isinstance(step, Letters))):
         yield step(data, text)
         advance(len(data))
+
+
+def _step(mode: Preprocess) -> Letters | Raw:
+    return Letters() if Preprocess(mode) is Preprocess.letters else Raw()
 
 
 def _add_counts(counts: np.ndarray, points: np.ndarray, block: int = 1 << 20) -> None:
@@ -95,8 +95,9 @@ def _add_counts(counts: np.ndarray, points: np.ndarray, block: int = 1 << 20) ->
 
 def count(path: Path, mode: Preprocess, advance: Advance, chunk: int = CHUNK) -> np.ndarray:
     """How often each code point occurs in the preprocessed text (an array indexed by code point)."""
-    counts = np.zeros(Letters.size if Preprocess(mode) is Preprocess.letters else UNICODE, np.int64)
-    for points in code_points(path, mode, advance, chunk):
+    step = _step(mode)
+    counts = np.zeros(step.size, np.int64)
+    for points in code_points(path, step, advance, chunk):
         _add_counts(counts, points)
     return counts
 
@@ -119,20 +120,18 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def id_table(chars: list[str], size: int, dtype: np.dtype) -> np.ndarray:
     """A lookup table code point -> id: 1, 2, ... for `chars` in order, 0 (`<unk>`) for everything else."""
     table = np.zeros(size, dtype)
-    points = np.array([ord(c) for c in chars], np.int64)
-    inside = points < size
-    table[points[inside]] = np.arange(1, len(chars) + 1, dtype=np.int64)[inside]
+    table[[ord(c) for c in chars]] = np.arange(1, len(chars) + 1)
     return table
 
 
 def encode(path: Path, mode: Preprocess, chars: list[str], out: BinaryIO, advance: Advance, chunk: int = CHUNK) -> int:
     """Write the ids of the preprocessed text of `path` (counted already) in the vocabulary `chars` to `out`;
     returns how many."""
-    size = Letters.size if Preprocess(mode) is Preprocess.letters else UNICODE
-    table = id_table(chars, size, token_dtype(len(chars) + 1))
+    step = _step(mode)
+    table = id_table(chars, step.size, token_dtype(len(chars) + 1))
     as_bytes = table[:256].tobytes() if table.dtype == np.uint8 else None
     written = 0
-    for points in code_points(path, mode, advance, chunk, checked=True):
+    for points in code_points(path, step, advance, chunk, checked=True):
         out.write(points.tobytes().translate(as_bytes) if as_bytes and points.dtype == np.uint8 else table[points])
         written += len(points)
     return written

@@ -29,7 +29,7 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     data = results["data"]
     assert [r["mb"] for r in data["prepare"]] == [4.0] and data["prepare"][0]["prepare_mb_s"] > 0
     assert all(r[run]["seconds"] > 0 and r[run]["peak_rss_mib"] > 0 for r in data["train"] for run in ("first", "second"))
-    assert all(r["chars_per_s"] > 0 for r in data["training"]["rows"])
+    assert all(r["chars_per_s"] > 0 and r["chars_per_cpu_s"] > 0 for r in data["training"]["rows"])
     assert list(scratch.iterdir()) == []  # the generated corpora and their caches are deleted
     markdown = (out / "results.md").read_text()
     assert "| target | measured |" in markdown and "## Peak memory" in markdown and "## Corpora of any size" in markdown
