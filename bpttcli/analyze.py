@@ -85,7 +85,8 @@ def validation_windows(config: Config, vocab: Vocab | None, streams: int, steps:
     data = load_dataset(config, vocab)
     full = (x for x in eval_windows(data.val, streams, steps) if x[0].shape[0] == steps)  # lazily: read only `count`
     first = next(full, None)
-    windows = [first, *itertools.islice((x for x in full if x[0].shape[1] == first[0].shape[1]), count - 1)] if first else []
+    same_width = (x for x in full if x[0].shape[1] == first[0].shape[1])
+    windows = [first, *itertools.islice(same_width, count - 1)] if first else []
     if not windows:
         raise DataError(
             f"the validation text has {len(data.val)} characters, too few for one window of {steps} steps; "

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, tokencache
 from .config import Config, OptimizerName, from_dict
-from . import tokencache
 from .data import Dataset, split_dataset
 from .download import fetch
 from .errors import CheckpointError, reason

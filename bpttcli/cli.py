@@ -280,15 +280,14 @@ PREPARE_KEYS = {"file": "data.path", "preprocess": "data.preprocess", "data_dir"
 @app.command()
 @friendly
 def prepare(
-    file: Annotated[Optional[Path], typer.Argument(metavar="[FILE]", help="A UTF-8 text file \\[default: the book, downloaded if needed].")] = None,
+    file: Annotated[Optional[Path], typer.Argument(metavar="FILE", help="A UTF-8 text file \\[default: the book, downloaded if needed].")] = None,
     preprocess: Annotated[Optional[Preprocess], typer.Option(help="letters (the book's) or raw.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Cache directory \\[default: $BPTT_DATA_DIR or ./data].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Preprocess a corpus once into the token cache that train, compare, analyze and eval memory-map.
 
-    Those commands prepare a corpus on first use anyway; this does it ahead of time. The cache lives in
-    DATA_DIR/prepared, keyed by the file's SHA-1 and the preprocessing; delete that folder to clear it.
+    Those commands prepare a corpus on first use anyway; this does it ahead of time. The cache lives in DATA_DIR/prepared, keyed by the file's SHA-1 and the preprocessing; delete that folder to clear it.
 
     Example: [bold]bptt prepare enwik8 --preprocess raw[/]
     """
@@ -313,8 +312,7 @@ def evaluate(
 ) -> None:
     """Loss, bits per character and perplexity of a trained model on its validation split or any text file.
 
-    The text gets the run's preprocessing and vocabulary; characters outside the vocabulary are scored as
-    <unk> and counted. Training validates on the first train.eval_tokens characters; this covers the whole split.
+    The text gets the run's preprocessing and vocabulary; characters outside the vocabulary are scored as <unk> and counted. Training validates on the first train.eval_tokens characters; this covers the whole split.
 
     Example: [bold]bptt eval runs/my-run[/] · [bold]bptt eval runs/my-run --data notes.txt --json[/]
     """

@@ -62,12 +62,12 @@ def load(path: Path, mode: Preprocess, data_dir: str | Path | None = None, vocab
          quiet: bool = False) -> Prepared:
     """The prepared tokens of the corpus at `path`, preparing them first if needed; in `vocab` if given."""
     path, mode, root = check_file(path).resolve(), Preprocess(mode), cache_root(data_dir)
-    stat = path.stat()
+    started, stat = time.time(), path.stat()
     sha1 = _indexed_sha1(root, path, stat) or _hash(path, stat.st_size, quiet)
     key = f"{sha1}-{mode.value}"
     own = _open(root / f"v{FORMAT}" / key) or _build(root, key, _tokenizer(path, mode, sha1, stat), path.name, quiet)
     _unchanged(path, stat)
-    _remember(root, path, stat, sha1)
+    _remember(root, path, stat, sha1, started)
     if vocab is None or vocab == own.vocab:
         return own
     key = f"{key}-{hashlib.sha1(json.dumps(vocab.to_list()).encode()).hexdigest()[:16]}"
@@ -98,9 +98,10 @@ def _indexed_sha1(root: Path, path: Path, stat: os.stat_result) -> str | None:
     return entry["sha1"] if isinstance(entry, dict) and entry.get("stamp") == _stamp(stat) else None
 
 
-def _remember(root: Path, path: Path, stat: os.stat_result, sha1: str) -> None:
-    """Index `path` (unless it changed too recently to trust its times); files that are gone drop out."""
-    if time.time() - max(stat.st_mtime, stat.st_ctime) < RACY_SECONDS:
+def _remember(root: Path, path: Path, stat: os.stat_result, sha1: str, read_at: float) -> None:
+    """Index `path` unless it had changed within RACY_SECONDS before it was read at `read_at` (a later change
+    within the same clock tick would keep its times); files that are gone drop out of the index."""
+    if read_at - max(stat.st_mtime, stat.st_ctime) < RACY_SECONDS:
         return
     index = {p: e for p, e in _read_json(root / "index.json").items() if Path(p).is_file()}
     if index.get(str(path)) == {"stamp": _stamp(stat), "sha1": sha1}:
@@ -113,10 +114,13 @@ def _remember(root: Path, path: Path, stat: os.stat_result, sha1: str) -> None:
 def _hash(path: Path, size: int, quiet: bool) -> str:
     h = hashlib.sha1()
     with LiveView(f"hashing {path.name}", size, quiet or size < SHOW_HASHING, unit="B") as view:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-                view.advance(len(block))
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+                    view.advance(len(block))
+        except OSError as exc:
+            raise DataError(f"cannot read corpus {path}: {exc.strerror or exc}") from None
     return h.hexdigest()
 
 
