@@ -6,8 +6,11 @@ Sections: gradient check of every kernel path (fp32 and fp64 against the unrolle
 reference), GEMM rates at the model's shapes, tokens/s for strategy x cell x hidden (the
 trainer's own step against the d2l baseline loop, interleaved, best of several rounds), the
 glibc allocator tuning, peak memory of one full-BPTT step against the window length L, and
-segment checkpointing (--recompute) over a long window. Writes results.json and results.md
-under --out, and the Markdown to docs/benchmark.md (full runs only, or --docs PATH).
+segment checkpointing (--recompute) over a long window, and the data path on corpora generated
+in a temporary directory (bench/corpora.py: preparation MB/s and peak memory, the start-up of a
+first and a second run, training chars/s on the book and on the largest corpus). Writes
+results.json and results.md under --out, and the Markdown to docs/benchmark.md (full runs only,
+or --docs PATH).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bpttcli.runtime import resolve_device, tune_allocator  # noqa: E402
 
+import corpora  # noqa: E402
 import report  # noqa: E402
 import sections  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT.parent / "shared/data/timemachine.txt"
+SECTIONS = {**sections.SECTIONS, "data": corpora.run}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lengths", nargs="+", type=int, default=None, help="memory: window lengths [200 .. 5000]")
     p.add_argument("--memory-hidden", type=int, default=None, help="memory: hidden size [256; quick: 32]")
     p.add_argument("--recompute-length", type=int, default=None, help="checkpointing window [20000; quick: 400]")
-    p.add_argument("--skip", nargs="*", default=[], choices=sections.NAMES, help="sections to leave out")
+    p.add_argument("--corpus-mb", nargs="+", type=float, default=None, help="data: generated corpus sizes [100 1000; quick: 4]")
+    p.add_argument("--skip", nargs="*", default=[], choices=list(SECTIONS), help="sections to leave out")
     p.add_argument("--allocator-probe", choices=["default", "tuned"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
@@ -59,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.lengths = args.lengths or ([20, 60] if quick else [200, 500, 1000, 2000, 5000])
     args.memory_hidden = args.memory_hidden or (32 if quick else 256)
     args.recompute_length = args.recompute_length or (400 if quick else 20000)
+    args.corpus_mb = args.corpus_mb or ([4] if quick else [100, 1000])
     if args.docs is None and not quick:
         args.docs = ROOT / "docs/benchmark.md"
     return args
@@ -98,13 +105,14 @@ def main(argv=None) -> int:
     if device.type == "cpu" and args.allocator_probe != "default":
         tune_allocator()
     with tempfile.TemporaryDirectory(prefix="bptt-bench-") as tmp:
+        os.environ["BPTT_DATA_DIR"] = str(Path(tmp) / "data")  # the token cache of this run, deleted with it
         data = corpus(args.data, Path(tmp), args.quick)
         if args.allocator_probe:
             print(json.dumps(sections.allocator_probe(args, data, device, args.allocator_probe == "tuned")))
             return 0
         started = time.perf_counter()
         results = {"environment": environment(device), "config": report.config_of(args, data)}
-        for name, run in sections.SECTIONS.items():
+        for name, run in SECTIONS.items():
             if name not in args.skip:
                 print(f"== {name}", end=" ", flush=True)
                 began = time.perf_counter()
@@ -115,7 +123,7 @@ def main(argv=None) -> int:
         results["wall_seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    markdown = report.markdown(results)
+    markdown = report.markdown(results) + ("\n".join(["", *corpora.markdown(results["data"])]) if "data" in results else "")
     (args.out / "results.md").write_text(markdown, encoding="utf-8")
     if args.docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from further back barely moves the weights, so truncating there (tau ~ horizon) 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -84,9 +85,11 @@ def load_checkpoint(target: Path, data: Path | None = None) -> tuple[Config, Cha
 
 def validation_windows(config: Config, vocab: Vocab | None, streams: int, steps: int, count: int):
     """Up to `count` consecutive full windows [steps, streams] of the validation text, and its vocabulary."""
-    data = load_dataset(config, vocab, quiet=True)
-    full = [x for x in eval_windows(data.val, streams, steps) if x[0].shape[0] == steps]
-    windows = [x for x in full if x[0].shape[1] == full[0][0].shape[1]][:count] if full else []
+    data = load_dataset(config, vocab)
+    full = (x for x in eval_windows(data.val, streams, steps) if x[0].shape[0] == steps)  # lazily: read only `count`
+    first = next(full, None)
+    same_width = (x for x in full if x[0].shape[1] == first[0].shape[1])
+    windows = [first, *itertools.islice(same_width, count - 1)] if first else []
     if not windows:
         raise DataError(
             f"the validation text has {len(data.val)} characters, too few for one window of {steps} steps; "

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, tokencache
 from .config import Config, OptimizerName, from_dict
-from .corpus import preprocess, read_text
-from .data import Dataset, build_dataset
+from .data import Dataset, split_dataset
 from .download import fetch
 from .errors import CheckpointError, reason
 from .model import CharRNN
@@ -31,12 +30,26 @@ def prepare_process(config: Config) -> tuple[torch.device, torch.Generator]:
     return device, seed_everything(config.train.seed)
 
 
-def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False) -> Dataset:
-    """Read (downloading if needed), preprocess, tokenize and split the corpus."""
+def corpus_path(config: Config, quiet: bool = False) -> Path:
+    """The corpus file: data.path, or the book (downloaded and verified if not cached yet)."""
     d = config.data
-    path = Path(d.path) if d.path else fetch(d.url, d.sha1, d.data_dir, show_progress=not quiet, console=console)
-    text = preprocess(read_text(path), d.preprocess)
-    return build_dataset(text, d.batch_size, config.strategy.tau, d.val_fraction, vocab)
+    return Path(d.path) if d.path else fetch(d.url, d.sha1, d.data_dir, show_progress=not quiet, console=console)
+
+
+def load_prepared(config: Config, vocab: Vocab | None = None, quiet: bool = False) -> tuple[Path, tokencache.Prepared]:
+    """The corpus file and its token ids from the token cache (prepared on first use), in `vocab` if given."""
+    path = corpus_path(config, quiet)
+    return path, tokencache.load(path, config.data.preprocess, config.data.data_dir, vocab, quiet)
+
+
+def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False) -> Dataset:
+    """The corpus, prepared once into the token cache and memory-mapped, split into training and validation.
+
+    With `vocab`, the ids are in that vocabulary (characters outside it become <unk>), else in the corpus's own.
+    """
+    _, prepared = load_prepared(config, vocab, quiet)
+    tokens = torch.from_numpy(prepared.tokens)
+    return split_dataset(prepared.vocab, tokens, config.data.batch_size, config.strategy.tau, config.data.val_fraction)
 
 
 def build_model(config: Config, vocab_size: int) -> CharRNN:

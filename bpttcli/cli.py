@@ -340,6 +340,57 @@ def plot(
     stdout.print(f"wrote {png}")
 
 
+PREPARE_KEYS = {"file": "data.path", "preprocess": "data.preprocess", "data_dir": "data.data_dir"}
+
+
+@app.command(cls=Command)
+@friendly
+def prepare(
+    file: Annotated[Optional[Path], typer.Argument(metavar="FILE", help="A UTF-8 text file \\[default: the book, downloaded if needed].")] = None,
+    preprocess: Annotated[Optional[Preprocess], typer.Option(help="letters (the book's) or raw.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Cache directory \\[default: $BPTT_DATA_DIR or ./data].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Preprocess a corpus once into the token cache that train, compare, analyze and eval memory-map.
+
+    Those commands prepare a corpus on first use anyway; this does it ahead of time. The cache lives in DATA_DIR/prepared, keyed by the file's SHA-1 and the preprocessing; delete that folder to clear it.
+
+    Example: [bold]bptt prepare enwik8 --preprocess raw[/]
+    """
+    from .builders import load_prepared
+    from .config import load_config
+    from .tokencache import describe
+
+    source, prepared = load_prepared(load_config(None, option_flags(PREPARE_KEYS, locals())), quiet=quiet)
+    stdout.print(describe(source, prepared), highlight=False)
+
+
+@app.command("eval", cls=Command)
+@friendly
+def evaluate(
+    target: Annotated[Path, typer.Argument(metavar="RUN_DIR|CHECKPOINT", help="A run directory (its best.pt) or a .pt file.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on this UTF-8 text file instead of the run's corpus.")] = None,
+    split: Annotated[Optional[str], typer.Option(metavar="[val|train|all]", help="Part of the text \\[default: val of the run's corpus, all of --data].")] = None,
+    max_chars: Annotated[int, typer.Option(help="Predict only the first N characters of the split (0: all of it).")] = 0,
+    last: Annotated[bool, typer.Option("--last", help="Use the run's last.pt instead of its best.pt.")] = False,
+    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = Device.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Loss, bits per character and perplexity of a trained model on its validation split or any text file.
+
+    The text gets the run's preprocessing and vocabulary; characters outside the vocabulary are scored as <unk> and counted. Training validates on the first train.eval_tokens characters; this covers the whole split.
+
+    Example: [bold]bptt eval runs/my-run[/] · [bold]bptt eval runs/my-run --data notes.txt --json[/]
+    """
+    import json
+
+    from . import evaluation as lib
+
+    result = lib.evaluate_run(target, data, lib.parse_split(split), last, max_chars, device, quiet)
+    stdout.print(json.dumps(result, allow_nan=False) if as_json else lib.summary(result), highlight=False)
+
+
 demo_app = typer.Typer(
     cls=Group,
     help="Synthetic tasks that show what truncation does to the gradient.\n\n"

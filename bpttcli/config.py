@@ -48,7 +48,7 @@ class DataConfig:
     path: str | None = None  # a UTF-8 text file; None means The Time Machine, downloaded and cached
     url: str = DEFAULT_URL
     sha1: str = DEFAULT_SHA1
-    data_dir: str | None = None  # download cache; None means $BPTT_DATA_DIR or ./data
+    data_dir: str | None = None  # downloads and the prepared token cache; None means $BPTT_DATA_DIR or ./data
     preprocess: Preprocess = Preprocess.letters
     val_fraction: float = 0.1
     partition: Partition = Partition.sequential
@@ -94,6 +94,7 @@ class TrainConfig:
     max_time: float = 0.0  # seconds; 0 means no limit
     max_tokens: int = 0  # training characters; 0 means no limit
     eval_every: int = 200  # steps; 0 evaluates only at the end
+    eval_tokens: int = 100_000  # validation characters each evaluation predicts (the same first ones); 0 = all
     log_every: int = 50
     seed: int = 0
     device: Device = Device.auto
@@ -287,6 +288,7 @@ def validate(c: Config) -> Config:
     _check(c.train.max_tokens >= 0, "train.max_tokens", ">= 0 (0 = no limit)", c.train.max_tokens)
     _check(c.train.max_time >= 0, "train.max_time", ">= 0 (0 = no limit)", c.train.max_time)
     _check(c.train.eval_every >= 0, "train.eval_every", ">= 0", c.train.eval_every)
+    _check(c.train.eval_tokens >= 0, "train.eval_tokens", ">= 0 (0 = the whole validation split)", c.train.eval_tokens)
     _check(c.train.log_every > 0, "train.log_every", "> 0", c.train.log_every)
     _check(c.train.progress_every > 0, "train.progress_every", "> 0 (seconds)", c.train.progress_every)
     return c

@@ -15,6 +15,10 @@ Sequential partitioning (the book's sequential iterator; the hidden state carrie
 
 Random partitioning (the book's random iterator): each window is B independent slices
 at random positions, and every window starts from a fresh state.
+
+The token ids may be any 1-D integer tensor, typically a memory-mapped uint8 array from the
+token cache (tokencache.py): the layouts above are views, and only the window asked for is read
+and converted to int64, so memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -30,8 +34,18 @@ from .vocab import Vocab
 @dataclass
 class Dataset:
     vocab: Vocab
-    train: torch.Tensor  # 1-D token ids
+    train: torch.Tensor  # 1-D token ids (any integer dtype; memory-mapped when prepared from a file)
     val: torch.Tensor  # 1-D token ids, the last `val_fraction` of the stream
+
+
+def ids(window: torch.Tensor) -> torch.Tensor:
+    """A window of token ids as the model takes them: int64, contiguous (a copy unless it already is)."""
+    return window.to(torch.long, memory_format=torch.contiguous_format)
+
+
+def head(tokens: torch.Tensor, chars: int) -> torch.Tensor:
+    """The start of `tokens` that predicts `chars` characters (chars + 1 ids); all of it when chars is 0."""
+    return tokens[: chars + 1] if chars else tokens
 
 
 def min_corpus_length(batch_size: int, window: int, val_fraction: float) -> int:
@@ -50,21 +64,30 @@ def _split_fits(n: int, batch_size: int, window: int, val_fraction: float) -> bo
     return n - n_val >= batch_size * window + 1 and (val_fraction == 0 or n_val >= 2)
 
 
-def build_dataset(
-    text: str, batch_size: int, window: int, val_fraction: float, vocab: Vocab | None = None
-) -> Dataset:
-    """Tokenize `text` and split off the last `val_fraction` as validation (contiguous, no overlap)."""
-    if not _split_fits(len(text), batch_size, window, val_fraction):
+def split_point(length: int, val_fraction: float) -> int:
+    """Where validation starts in a stream of `length` ids: the last `val_fraction` of it is validation."""
+    return length - int(length * val_fraction)
+
+
+def split_dataset(vocab: Vocab, tokens: torch.Tensor, batch_size: int, window: int, val_fraction: float) -> Dataset:
+    """Split off the last `val_fraction` of `tokens` as validation (contiguous, no overlap; views, no copy)."""
+    if not _split_fits(len(tokens), batch_size, window, val_fraction):
         need = min_corpus_length(batch_size, window, val_fraction)
         raise DataError(
-            f"corpus has {len(text)} characters after preprocessing but batch size {batch_size}, "
+            f"corpus has {len(tokens)} characters after preprocessing but batch size {batch_size}, "
             f"window {window} and validation fraction {val_fraction:g} need at least {need}; "
             f"use a longer text or lower --batch-size/--num-steps"
         )
+    start = split_point(len(tokens), val_fraction)
+    return Dataset(vocab, tokens[:start], tokens[start:])
+
+
+def build_dataset(
+    text: str, batch_size: int, window: int, val_fraction: float, vocab: Vocab | None = None
+) -> Dataset:
+    """A dataset from text in memory (a file goes through the token cache instead: builders.load_dataset)."""
     vocab = vocab or Vocab.build(text)
-    ids = vocab.encode(text)
-    n_val = int(len(ids) * val_fraction)
-    return Dataset(vocab, ids[: len(ids) - n_val], ids[len(ids) - n_val :])
+    return split_dataset(vocab, vocab.encode(text), batch_size, window, val_fraction)
 
 
 class SequentialStreams:
@@ -86,16 +109,24 @@ class SequentialStreams:
         self._layout()
 
     def _layout(self) -> None:
+        """The epoch's [steps, B] inputs and targets as views of the tokens: nothing is read or copied here."""
         steps = (len(self.tokens) - 1 - self.offset) // self.batch_size
         span = self.batch_size * steps
-        inputs = self.tokens[self.offset : self.offset + span]
-        targets = self.tokens[self.offset + 1 : self.offset + 1 + span]
-        self.x = inputs.view(self.batch_size, steps).t().contiguous()
-        self.y = targets.view(self.batch_size, steps).t().contiguous()
+        self._inputs = self.tokens[self.offset : self.offset + span].view(self.batch_size, steps).t()
+        self._targets = self.tokens[self.offset + 1 : self.offset + 1 + span].view(self.batch_size, steps).t()
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The whole epoch's inputs [steps, B] as int64 (a copy of the epoch: to inspect, not to train from)."""
+        return ids(self._inputs)
+
+    @property
+    def y(self) -> torch.Tensor:
+        return ids(self._targets)
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.x.shape[0]
+        return self._inputs.shape[0]
 
     @property
     def remaining(self) -> int:
@@ -104,7 +135,7 @@ class SequentialStreams:
     def next(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `length` steps of every stream, `[length, B]` each."""
         start, self.cursor = self.cursor, min(self.cursor + length, self.steps_per_epoch)
-        return self.x[start : self.cursor], self.y[start : self.cursor]
+        return ids(self._inputs[start : self.cursor]), ids(self._targets[start : self.cursor])
 
     def state_dict(self) -> dict:
         return {"offset": self.offset, "cursor": self.cursor}
@@ -136,7 +167,7 @@ class RandomWindows:
         self.cursor = min(self.cursor + length, self.steps_per_epoch)
         starts = torch.randint(0, len(self.tokens) - length, (self.batch_size,), generator=self.generator)
         index = starts[None, :] + torch.arange(length)[:, None]
-        return self.tokens[index], self.tokens[index + 1]
+        return ids(self.tokens[index]), ids(self.tokens[index + 1])
 
     def state_dict(self) -> dict:
         return {"cursor": self.cursor}
@@ -156,7 +187,7 @@ def eval_windows(tokens: torch.Tensor, batch_size: int, window: int):
     x = tokens[: streams * steps].view(streams, steps).t()
     y = tokens[1 : 1 + streams * steps].view(streams, steps).t()
     for start in range(0, steps, window):
-        yield x[start : start + window], y[start : start + window]
+        yield ids(x[start : start + window]), ids(y[start : start + window])
     for start in range(streams * steps, len(tokens) - 1, window):
         end = min(start + window, len(tokens) - 1)
-        yield tokens[start:end, None], tokens[start + 1 : end + 1, None]
+        yield ids(tokens[start:end, None]), ids(tokens[start + 1 : end + 1, None])

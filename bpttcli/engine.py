@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,16 +104,24 @@ def window_gradient(
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, tokens: torch.Tensor, batch_size: int, window: int) -> float:
-    """Mean cross-entropy per character of `tokens`, in sequential windows that carry the state."""
+def evaluate(model: CharRNN, tokens: torch.Tensor, batch_size: int, window: int,
+             progress: Callable[[int], None] | None = None) -> float:
+    """Mean cross-entropy per character of `tokens`, in sequential windows that carry the state.
+
+    The tokens stay where they are (a memory map, say); each window is read and moved to the model's device
+    in turn. `progress(characters)` is called after each window.
+    """
     was_training = model.training
     model.eval()
-    tokens = tokens.to(model.head.weight.device)
-    state, total, count = None, torch.zeros((), device=tokens.device), 0
+    device = model.head.weight.device
+    state, total, count = None, torch.zeros((), device=device), 0
     for x, y in eval_windows(tokens, batch_size, window):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         width = x.shape[1]  # the final windows may continue only the last streams
         state = model.init_state(width) if state is None else [tuple(t[-width:] for t in layer) for layer in state]
         loss, state = _segment_loss(model, x, y, state, None)
         total, count = total + loss, count + y.numel()
+        if progress:
+            progress(y.numel())
     model.train(was_training)
     return float(total) / max(count, 1)

@@ -13,8 +13,8 @@ import torch
 from . import checkpoint
 from .builders import build_model, build_optimizer, load_dataset, prepare_process
 from .config import Config, LrSchedule, Partition, dump_yaml, to_dict
-from .data import RandomWindows, SequentialStreams
 from .averaging import WeightAverage
+from .data import RandomWindows, SequentialStreams, head
 from .engine import Replay, evaluate
 from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, reason
 from .fsutil import atomic_write_text, ensure_dir
@@ -224,14 +224,19 @@ class Trainer:
             self.view.stats(line)
 
     def _evaluate(self) -> bool:
-        """Write an eval line with the validation perplexity; True when it is the best so far."""
+        """Write an eval line with the validation perplexity; True when it is the best so far.
+
+        Each evaluation predicts the same first train.eval_tokens characters of the validation split
+        (all of them if 0); the line's val_chars says how many.
+        """
         c = self.config
         self.log.evaluated_at = self.updates
-        if len(self.data.val) < 2:
+        val = head(self.data.val, c.train.eval_tokens)
+        if len(val) < 2:
             return True  # no validation split: the latest weights are the best we know
         with self.average.applied(self.model):
-            val_loss = evaluate(self.model, self.data.val, c.data.batch_size, c.strategy.tau)
-        improved = self.log.record_eval(self._position(), val_loss, self._elapsed())
+            val_loss = evaluate(self.model, val, c.data.batch_size, c.strategy.tau)
+        improved = self.log.record_eval({**self._position(), "val_chars": len(val) - 1}, val_loss, self._elapsed())
         self._show()
         return improved
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import torch
-
 UNK = "<unk>"
 
 
@@ -31,7 +29,10 @@ class Vocab:
         """The distinct characters of `text` that are not in the vocabulary, in order of appearance."""
         return list(dict.fromkeys(c for c in text if c not in self.stoi))
 
-    def encode(self, text: str) -> torch.Tensor:
+    def encode(self, text: str):
+        """Token ids of a short text (a prefix, a test string) as an int64 tensor; corpora go through tokencache.py."""
+        import torch  # here, not at the top: the token cache (tokencache.py) needs vocabularies but not torch
+
         return torch.tensor([self.stoi.get(c, 0) for c in text], dtype=torch.long)
 
     def decode(self, ids) -> str:

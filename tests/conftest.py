@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def data_dir(tmp_path_factory):
+    """Downloads and the prepared token cache go to one temporary directory, never ./data of the checkout."""
+    path = tmp_path_factory.mktemp("data")
+    saved = os.environ.get("BPTT_DATA_DIR")
+    os.environ["BPTT_DATA_DIR"] = str(path)
+    yield path
+    if saved is None:
+        del os.environ["BPTT_DATA_DIR"]
+    else:
+        os.environ["BPTT_DATA_DIR"] = saved
 
 
 @pytest.fixture

@@ -159,7 +159,8 @@ def test_every_option_maps_to_a_real_config_key_and_a_real_parameter():
 
     from bpttcli import cli, compare
 
-    tables = ((cli.train, cli.TRAIN_KEYS), (cli.analyze, cli.ANALYZE_KEYS), (cli.compare, compare.OPTION_KEYS))
+    tables = ((cli.train, cli.TRAIN_KEYS), (cli.analyze, cli.ANALYZE_KEYS), (cli.compare, compare.OPTION_KEYS),
+              (cli.prepare, cli.PREPARE_KEYS))
     for command, keys in tables:
         assert set(keys.values()) <= _config_keys(), set(keys.values()) - _config_keys()
         assert set(keys) <= set(inspect.signature(command).parameters)

@@ -70,7 +70,7 @@ BAD_SETS = [  # unknown keys, then bad types, then enums, then ranges
     "optim.lrr=1", "foo.bar=1", "model.hidden.size=3", "model=0",
     "model.hidden=big", "model.hidden=2.5", "optim.lr=true", "optim.lr=.nan", "optim.lr=.inf", "train.epochs=1e400",
     "train.seed=yes", "model.cell=transformer", "optim.lr=0", "data.batch_size=0", "data.val_fraction=1",
-    "model.dropout=-0.1", "strategy.alpha=2", "train.epochs=0",
+    "model.dropout=-0.1", "strategy.alpha=2", "train.epochs=0", "train.eval_tokens=-1",
 ]
 
 

@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from bpttcli.corpus import Preprocess, preprocess, read_text
+from bpttcli.corpus import Preprocess, preprocess, read_chunks, read_text
 from bpttcli.errors import DataError
 from bpttcli.vocab import Vocab
 
@@ -68,3 +68,32 @@ def test_empty(tiny_corpus, content):
 
 def test_errors_exit_with_data_code():
     assert DataError.exit_code == 3
+
+
+# ------------------------------------------------------------------ reading in chunks
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 1 << 16])
+@pytest.mark.parametrize("bom", [False, True])
+def test_chunks_join_into_the_files_bytes_and_text(tiny_corpus, chunk, bom):
+    path = tiny_corpus(MIXED, bom=bom)
+    pieces = list(read_chunks(path, chunk))
+    assert b"".join(data for data, _ in pieces) == MIXED.encode("utf-8")  # the BOM dropped
+    assert "".join(text for _, text in pieces) == MIXED
+    assert max(len(data) for data, _ in pieces) <= chunk + 3
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 1 << 16])
+def test_a_bad_byte_is_reported_at_its_file_offset_whatever_the_chunk(tiny_corpus, chunk):
+    data = "ab 東京 ".encode("utf-8") * 5 + b"\xff" + b"tail"
+    bad = len(data) - 5
+    with pytest.raises(DataError, match=f"offset {bad}\\)"):
+        list(read_chunks(tiny_corpus(data), chunk))
+    truncated = "ab 東京".encode("utf-8")[:-1]  # a multi-byte character cut off at the end of the file
+    with pytest.raises(DataError, match=f"offset {len(truncated) - 2}\\)"):
+        list(read_chunks(tiny_corpus(truncated, name="cut.txt"), chunk))
+
+
+def test_a_second_pass_without_decoding_yields_the_same_bytes(tiny_corpus):
+    path = tiny_corpus(MIXED, bom=True)
+    assert [d for d, _ in read_chunks(path, 5, decode=False)] == [d for d, _ in read_chunks(path, 5)]

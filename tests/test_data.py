@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 
+import numpy as np
 import pytest
 import torch
 
-from bpttcli.data import RandomWindows, SequentialStreams, build_dataset, eval_windows, min_corpus_length
+from bpttcli.data import RandomWindows, SequentialStreams, build_dataset, eval_windows, head, min_corpus_length
 from bpttcli.errors import DataError
 
 N, B, T = 103, 4, 5
@@ -176,3 +178,53 @@ def test_eval_windows_predict_every_target_exactly_once(n, b, t):
         assert torch.equal(cur[0], prev[-1, -cur.shape[1] :] + 1)  # with the last streams
     targets = torch.cat([y.reshape(-1) for _, y in windows])
     assert torch.equal(targets.sort().values, torch.arange(1, n))
+
+
+# ------------------------------------------------- narrow, memory-mapped token ids
+
+
+def narrow(n: int = N) -> torch.Tensor:
+    """torch.arange(n) as uint8, the dtype of a prepared corpus with a small vocabulary."""
+    return torch.arange(n).to(torch.uint8)
+
+
+def test_narrow_tokens_give_the_same_int64_windows():
+    wide, small = SequentialStreams(torch.arange(N), B, T, gen(2)), SequentialStreams(narrow(), B, T, gen(2))
+    for s in (wide, small):
+        s.start_epoch()
+    for (x, y), (xs, ys) in zip(drain(wide, (3, 7)), drain(small, (3, 7)), strict=True):
+        assert xs.dtype == ys.dtype == torch.long and xs.is_contiguous() and ys.is_contiguous()
+        assert torch.equal(x, xs) and torch.equal(y, ys)
+    for (x, y), (xs, ys) in zip(drain(RandomWindows(torch.arange(N), B, gen(3)), (4,)),
+                                drain(RandomWindows(narrow(), B, gen(3)), (4,)), strict=True):
+        assert xs.dtype == torch.long and torch.equal(x, xs) and torch.equal(y, ys)
+    for (x, y), (xs, ys) in zip(eval_windows(torch.arange(N), B, T), eval_windows(narrow(), B, T), strict=True):
+        assert xs.dtype == torch.long and torch.equal(x, xs) and torch.equal(y, ys)
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_sequential_streams_read_only_the_window_they_return(tmp_path):
+    """64 MB of memory-mapped uint8 ids: building the layout and drawing windows touches a few pages, not the
+    corpus (the old layout copied it twice as int64: 1 GiB)."""
+    n = 64 << 20
+    path = tmp_path / "tokens.bin"
+    with open(path, "wb") as f:
+        f.truncate(n)  # a sparse file of zeros
+    tokens = torch.from_numpy(np.memmap(path, np.uint8, mode="c", shape=(n,)))
+    before = resident_bytes()
+    s = SequentialStreams(tokens, 32, 35, gen())
+    s.start_epoch()
+    x, y = s.next(35)
+    s.load_state_dict(s.state_dict())
+    assert x.shape == (35, 32) and x.dtype == torch.long
+    assert resident_bytes() - before < 16 << 20
+
+
+def test_head_bounds_the_characters_predicted():
+    assert torch.equal(head(torch.arange(10), 4), torch.arange(5))  # 5 ids predict 4 characters
+    assert torch.equal(head(torch.arange(10), 0), torch.arange(10)) and len(head(torch.arange(3), 9)) == 3

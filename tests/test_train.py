@@ -15,7 +15,8 @@ import torch
 
 from bpttcli import checkpoint
 from bpttcli.config import load_config, read_yaml, to_dict
-from bpttcli.builders import load_dataset
+from bpttcli.builders import load_dataset, load_trained
+from bpttcli.engine import evaluate
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
 
@@ -353,6 +354,7 @@ def test_averaged_weights_are_what_checkpoints_serve(corpus, tmp_path):
     assert any(not torch.equal(payload["model"][k], payload["train_model"][k]) for k in payload["model"])
     assert payload["average"]["updates"] == 12
 
+
 # ------------------------------------------------------------------ what a log shows, and why a run stopped
 def test_a_piped_run_prints_its_settings_periodic_progress_lines_and_why_it_stopped(corpus, tmp_path):
     """stderr to a file, as under nohup or Slurm: the progress lines arrive while the run goes on."""
@@ -419,3 +421,18 @@ def test_a_diverged_run_ends_its_metrics_with_a_stop_line_that_resume_drops(bptt
     assert last["kind"] == "stop" and last["reason"].startswith("diverged: non-finite loss or gradient at step")
     bptt("train", "--resume", run, "--max-steps", 8, "-q")
     assert "stop" not in [r["kind"] for r in metrics(run)]
+
+
+def test_validation_covers_the_same_first_eval_tokens_characters_each_time(corpus, tmp_path):
+    def evals(name, **flags):
+        train(config(corpus, train__max_steps=12, **flags), tmp_path / name, quiet=True)
+        return [r for r in metrics(tmp_path / name) if r["kind"] == "eval"]
+
+    val = load_dataset(config(corpus)).val
+    whole = evals("all", train__eval_tokens=0)
+    assert [r["val_chars"] for r in whole] == [len(val) - 1] * 2  # 0: the whole split
+    assert evals("default") == whole  # the default bound (100k) covers a small split: nothing changes
+    bounded = evals("nine", train__eval_tokens=9)
+    assert [r["val_chars"] for r in bounded] == [9, 9]
+    _, model, _, _ = load_trained(tmp_path / "nine", "last")
+    assert bounded[-1]["val_loss"] == evaluate(model, val[:10], 2, 5) != whole[-1]["val_loss"]
