@@ -13,9 +13,10 @@ from typer.core import TyperGroup
 from . import __version__
 from .config import Device, LrSchedule, OptimizerName, Partition, load_config
 from .corpus import Preprocess
-from .errors import BpttError
+from .errors import BpttError, exit_code
 from .recurrence import Cell
 from .sample import Unknown
+from .signals import signal_number, unwind_on_signals
 from .strategies import Schedule, StrategyName
 from .ui import console, stdout
 
@@ -51,7 +52,8 @@ app = typer.Typer(
 
 
 def friendly(command):
-    """Print expected errors as one line and exit with their code; let anything else raise."""
+    """Print expected errors as one line and exit with their code; a stop signal exits silently with
+    128 + its number; let anything else raise."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -60,6 +62,8 @@ def friendly(command):
         except BpttError as exc:
             console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(exit_code(signal_number(exc))) from None
 
     return wrapper
 
@@ -314,4 +318,9 @@ def influence_balancing(
 
 
 def main() -> None:
-    app()
+    """The `bptt` command: SIGTERM and SIGHUP stop it as Ctrl-C does (exit 128 + the signal), never with a traceback."""
+    try:
+        with unwind_on_signals():
+            app()
+    except KeyboardInterrupt as exc:  # between commands' own handling, e.g. while a command imports its modules
+        sys.exit(exit_code(signal_number(exc)))

@@ -29,14 +29,15 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from . import checkpoint
-from .config import Config, Partition, load_config, to_dict
+from .config import MAX_SEED, Config, Partition, load_config, to_dict
 from .data import Dataset, RandomWindows
 from .engine import segments, window_gradient
-from .fsutil import atomic_write_text, ensure_dir
+from .fsutil import atomic_write_text, ensure_dir, to_json
 from .runtime import resolve_device, seed_everything
 from .strategies import Full, RandomTruncation, Schedule, Strategy, StrategyName, make_strategy
 from .builders import build_model, load_dataset
-from .errors import ConfigError, Interrupted
+from .errors import CheckpointError, ConfigError, Interrupted, shown
+from .signals import signal_number
 from .train import train
 from .ui import LiveView, compact
 
@@ -68,8 +69,9 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:
         seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
-        raise ConfigError(f"--seeds '{text}' is not a list of distinct non-negative integers; e.g. --seeds 0,1,2")
+    if not seeds or min(seeds) < 0 or max(seeds) >= MAX_SEED or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds {shown(text)} is not a list of distinct non-negative integers below 2^63; "
+                          f"e.g. --seeds 0,1,2")
     return seeds
 
 
@@ -187,16 +189,30 @@ def comparable(config: dict) -> dict:
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "run_dir"}}
 
 
+def finished_run(base: Config, variant: str, seed: int, root: Path) -> dict | None:
+    """The record of the finished run in root/<variant>-s<seed>, None if it is unfinished; refused if its
+    summary.json is damaged or it was trained with another config."""
+    run_dir = root / f"{variant}-s{seed}"
+    done = run_dir / "summary.json"
+    if not done.is_file():
+        return None
+    try:
+        record = json.loads(done.read_bytes())
+        same = comparable(record["config"]) == comparable(to_dict(run_config(base, variant, seed, run_dir)))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not UTF-8, not JSON, not a record
+        raise CheckpointError(f"{done} is damaged ({type(exc).__name__}); delete {run_dir} to redo that run") from None
+    if not same:
+        raise ConfigError(f"{run_dir} was trained with another config; use a new --out or delete that run")
+    return record
+
+
 def run_one(base: Config, variant: str, seed: int, root: Path, view: LiveView) -> dict:
     """Train one strategy with one seed, or reuse the finished run in root/<variant>-s<seed>."""
+    record = finished_run(base, variant, seed, root)
+    if record is not None:
+        return record
     run_dir = root / f"{variant}-s{seed}"
     config = run_config(base, variant, seed, run_dir)
-    done = run_dir / "summary.json"
-    if done.is_file():
-        record = json.loads(done.read_text(encoding="utf-8"))
-        if comparable(record["config"]) != comparable(to_dict(config)):
-            raise ConfigError(f"{run_dir} was trained with another config; use a new --out or delete that run")
-        return record
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over
     with memory_meter(resolve_device(config.train.device)) as meter:
         summary = train(config, run_dir, quiet=True, view=RunView(view))
@@ -204,7 +220,7 @@ def run_one(base: Config, variant: str, seed: int, root: Path, view: LiveView) -
     summary["tokens_per_s"] = summary["tokens"] / max(summary["elapsed"], 1e-9)
     summary["peak_memory_mib"] = meter.peak / 2**20
     record = {"strategy": variant, "seed": seed, "config": to_dict(config), "summary": summary}
-    atomic_write_text(done, json.dumps(record, indent=1))
+    atomic_write_text(run_dir / "summary.json", to_json(record, indent=1))
     return record
 
 
@@ -221,6 +237,8 @@ def run_all(config: Config, variants: list[str], seeds: list[int], root: Path, d
     """Every (strategy, seed) run under one progress bar, in order."""
     jobs = [(v, s) for v in variants for s in seeds]
     per_run = run_tokens(config, data)
+    for variant, seed in jobs:  # refuse a damaged or foreign finished run before the progress bar starts
+        finished_run(config, variant, seed, root)
     records = []
     with LiveView("compare", per_run and per_run * len(jobs), unit="chars") as view:
         for i, (variant, seed) in enumerate(jobs):
@@ -295,17 +313,6 @@ RUN_METRICS = {  # results name -> summary key
 }
 
 
-def finite(value):
-    """JSON-safe: NaN and infinities become None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
-
-
 def aggregate(records: list[dict], variants: list[str]) -> list[dict]:
     """One row per strategy: each metric's mean and sd over seeds."""
     rows = []
@@ -324,7 +331,7 @@ def eval_curves(run_dir: Path) -> dict[str, list[float]]:
     lines = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
     evals = [r for r in lines if r["kind"] == "eval"]
     return {"tokens": [r["tokens"] for r in evals], "elapsed": [r["elapsed"] for r in evals],
-            "val_ppl": [r["val_ppl"] for r in evals]}
+            "val_ppl": [math.nan if r["val_ppl"] is None else r["val_ppl"] for r in evals]}  # null: overflowed
 
 
 def band(curves: list[dict], x: str, points: int = 60):
@@ -451,7 +458,7 @@ def describe(config: Config) -> str:
 
 
 def write_outputs(out: Path, results: dict) -> None:
-    atomic_write_text(out / "results.json", json.dumps(finite(results), indent=1))
+    atomic_write_text(out / "results.json", to_json(results, indent=1))
     atomic_write_text(out / "results.csv", to_csv(results["rows"]))
     atomic_write_text(out / "results.md", markdown(results))
     plot_curves(out / "curves.png", out / "runs", results["strategies"], results["seeds"], results["title"])
@@ -470,10 +477,10 @@ def compare(config: Config, variants: list[str], seeds: list[int], out: Path | N
     try:
         records = run_all(config, variants, seeds, root, data)
         measured = gradient_quality(config, variants, seeds[0], root, data) if gradients else None
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt) as exc:
         finished = len(list(root.glob("*/summary.json")))
         raise Interrupted(f"interrupted; the {finished} finished runs are kept in {root}; "
-                          f"rerun with --out {out} to skip them and finish") from None
+                          f"rerun with --out {out} to skip them and finish", signal_number(exc)) from None
     device = resolve_device(config.train.device)
     results = {
         "out": str(out), "title": describe(config), "strategies": variants, "seeds": seeds,

@@ -35,7 +35,9 @@ def read_text(path: Path) -> str:
             f"corpus {path} is not UTF-8 (bad byte at offset {exc.start}); convert it, e.g. iconv -t UTF-8"
         ) from None
     except OSError as exc:
-        raise DataError(f"cannot read corpus {path}: {exc.strerror}") from None
+        raise DataError(
+            f"cannot read corpus {path}: {exc.strerror}; make it readable or pass another file with --data PATH"
+        ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
