@@ -81,7 +81,9 @@ def resume_config(saved: dict, flags: dict | None = None, sets: list[str] = (), 
     try:
         old = to_dict(from_dict(saved))
     except ConfigError as exc:
-        raise CheckpointError(f"{source} holds an invalid config ({exc}); use a checkpoint written by bptt train") from None
+        raise CheckpointError(
+            f"{source} holds an invalid config ({exc}); use a checkpoint written by bptt train"
+        ) from None
     flags, saved = dict(flags or {}), copy.deepcopy(saved)
     if corpus is not None and flags.get("data.path"):
         path = absolute(flags.pop("data.path"))
@@ -93,8 +95,8 @@ def resume_config(saved: dict, flags: dict | None = None, sets: list[str] = (), 
         for key, value in new[section].items():
             if value != old[section][key] and section not in RESUMABLE_SECTIONS:
                 raise CheckpointError(
-                    f"resume: {section}.{key} is {shown(old[section][key])} in the checkpoint but {shown(value)} was asked; "
-                    f"drop that option or start a new run"
+                    f"resume: {section}.{key} is {shown(old[section][key])} in the checkpoint but {shown(value)} "
+                    f"was asked; drop that option or start a new run"
                 )
     return config
 

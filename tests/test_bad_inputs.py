@@ -24,7 +24,8 @@ TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was e
 TINY = {"model.hidden": 8, "data.batch_size": 2, "strategy.tau": 5, "train.log_every": 2, "train.eval_every": 3,
         "train.max_steps": 6, "train.device": "cpu"}
 SETS = ["model.hidden=8", "data.batch_size=2", "strategy.tau=5", "train.device=cpu"]
-COMPARE = ["--strategies", "truncated", "--seeds", "0", "--no-gradient-quality", *(a for s in SETS for a in ("--set", s))]
+COMPARE = ["--strategies", "truncated", "--seeds", "0", "--no-gradient-quality",
+           *(arg for s in SETS for arg in ("--set", s))]
 BIG = str(2**63)
 
 

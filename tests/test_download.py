@@ -195,7 +195,8 @@ def test_progress_advances_at_least_every_second_on_a_slow_server(http_server, t
     http_server.routes["/x.txt"] = [("trickle", (100, 0.05, body))]  # 1.5 s, less than one 64 KiB read
     advances = []
     real = Progress.advance
-    monkeypatch.setattr(Progress, "advance", lambda self, task, n: advances.append(time.monotonic()) or real(self, task, n))
+    monkeypatch.setattr(Progress, "advance",
+                        lambda self, task, n: advances.append(time.monotonic()) or real(self, task, n))
     started = time.monotonic()
     fetch(http_server.url("/x.txt"), hashlib.sha1(body).hexdigest(), tmp_path, **FAST)
     gaps = [b - a for a, b in zip([started] + advances, advances)]

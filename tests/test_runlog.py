@@ -105,7 +105,8 @@ def test_perplexity_and_clip_rate():
 
 def strict(text: str) -> list[dict]:
     """Parse JSON lines, failing on NaN or Infinity (which no JSON parser but Python's accepts)."""
-    return [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}")) for line in text.splitlines()]
+    return [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+            for line in text.splitlines()]
 
 
 def test_an_overflowing_perplexity_is_written_as_null(tmp_path):

@@ -56,4 +56,5 @@ def test_unwinding_raises_sigterm_and_sighup_like_ctrl_c():
 def test_exit_codes_are_128_plus_the_signal():
     assert [exit_code(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == [130, 143, 129]
     assert Interrupted("x").exit_code == 130 and Interrupted("x", signal.SIGTERM).exit_code == 143
-    assert signal_number(KeyboardInterrupt()) == signal.SIGINT and signal_number(Signalled(signal.SIGHUP)) == signal.SIGHUP
+    assert signal_number(KeyboardInterrupt()) == signal.SIGINT
+    assert signal_number(Signalled(signal.SIGHUP)) == signal.SIGHUP

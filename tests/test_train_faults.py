@@ -46,7 +46,8 @@ def config(corpus, **flags):
 def metrics(run_dir) -> list[dict]:
     """metrics.jsonl without its timings, parsed strictly (NaN or Infinity fail the test)."""
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [{k: v for k, v in json.loads(line, parse_constant=pytest.fail).items() if k not in TIMING} for line in lines]
+    records = [json.loads(line, parse_constant=pytest.fail) for line in lines]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
 def snapshot(run) -> dict:
@@ -67,16 +68,19 @@ def wait_for(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
-class Signals:
-    """A silent progress view that sends this process `signum` once `tokens` characters are trained."""
+class SilentView:
+    """A progress view that shows nothing and acts once `tokens` characters are trained."""
 
-    def __init__(self, tokens: int, signum: int):
-        self.left, self.signum = tokens, signum
+    def __init__(self, tokens: int):
+        self.left = tokens
 
     def advance(self, amount: float = 1, **fields) -> None:
         self.left -= amount
         if self.left <= 0 < self.left + amount:
-            os.kill(os.getpid(), self.signum)
+            self.act()
+
+    def act(self) -> None:
+        raise NotImplementedError
 
     def stats(self, text: str) -> None:
         pass
@@ -85,16 +89,22 @@ class Signals:
         pass
 
 
-class CrashAt(Signals):
-    """A silent progress view whose process 'dies' (an exception) once `tokens` characters are trained."""
+class Signals(SilentView):
+    """Sends this process `signum`, as a user or a scheduler would."""
 
-    def __init__(self, tokens: int):
-        super().__init__(tokens, 0)
+    def __init__(self, tokens: int, signum: int):
+        super().__init__(tokens)
+        self.signum = signum
 
-    def advance(self, amount: float = 1, **fields) -> None:
-        self.left -= amount
-        if self.left <= 0:
-            raise RuntimeError("crash")
+    def act(self) -> None:
+        os.kill(os.getpid(), self.signum)
+
+
+class CrashAt(SilentView):
+    """The process 'dies' (an exception, no checkpoint of its own)."""
+
+    def act(self) -> None:
+        raise RuntimeError("crash")
 
 
 # ------------------------------------------------------------------ signals
