@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bpttcli.fsutil import to_json  # noqa: E402
 from bpttcli.runtime import resolve_device, tune_allocator  # noqa: E402
 
 import corpora  # noqa: E402
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         results["environment"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
         results["wall_seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (args.out / "results.json").write_text(to_json(results, indent=1) + "\n", encoding="utf-8")  # strict: NaN -> null
     markdown = report.markdown(results) + ("\n".join(["", *corpora.markdown(results["data"])]) if "data" in results else "")
     (args.out / "results.md").write_text(markdown, encoding="utf-8")
     if args.docs:

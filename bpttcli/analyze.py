@@ -18,7 +18,6 @@ from further back barely moves the weights, so truncating there (tau ~ horizon) 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,20 +27,21 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from . import theory
-from .config import Config, load_config
+from .config import Config, check_seed, load_config
 from .data import eval_windows
 from .errors import ConfigError, DataError
-from .fsutil import atomic_write_text, ensure_dir, timestamped_dir
+from .fsutil import atomic_write_json, ensure_dir, timestamped_dir
 from .model import CharRNN, State, detach_state
 from .plots import Panel, Series, plot_panels
 from .recurrence import Cell
-from .runtime import seed_everything
+from .runtime import check_memory, seed_everything
 from .builders import build_model, load_dataset, load_trained
 from .unrolled import unrolled_forward
 from .vocab import Vocab
 
 BLOCKS = {Cell.rnn: ("W_hh",), Cell.linear: ("W_hh",), Cell.gru: ("r", "z", "n"), Cell.lstm: ("i", "f", "g", "o")}
 THEORY_SIZE = 10  # M is THEORY_SIZE x THEORY_SIZE
+MAX_THEORY_HORIZON = 10_000  # --theory computes M^k for every k up to the horizon
 THRESHOLD = 0.01  # the effective horizon: where the gradient falls below 1% of its k = 0 value
 JACOBIAN_STREAMS = 4  # step Jacobians along the first streams of the first window only: an SVD each
 BLOCK_LABELS = {"W_hh": "$W_{hh}$"}  # gate blocks (r, z, n / i, f, g, o) are labelled "$r$ block", ...
@@ -68,6 +68,12 @@ def mode(target: Path | None, init: bool, theory: bool) -> str:
     if len(chosen) != 1:
         raise ConfigError("pass a run directory or checkpoint, or --init (fresh weights), or --theory: exactly one")
     return chosen[0]
+
+
+def check_options(horizon: int, windows: int, streams: int, seed: int) -> None:
+    if min(horizon, windows, streams) < 1:
+        raise ConfigError("--horizon, --windows and --streams must be >= 1")
+    check_seed(seed, "--seed")
 
 
 def default_out() -> Path:
@@ -226,17 +232,16 @@ def plot(a: Analysis, path: Path) -> Path:
 
 
 def save(a: Analysis, out: Path) -> tuple[Path, Path]:
-    """analysis.json and analysis.png in `out`."""
+    """analysis.json (strict: a non-finite number is null) and analysis.png in `out`."""
     ensure_dir(out, ConfigError)
-    atomic_write_text(out / "analysis.json", json.dumps(asdict(a), indent=1) + "\n")
+    atomic_write_json(out / "analysis.json", asdict(a))
     return out / "analysis.json", plot(a, out / "analysis.png")
 
 
 def run(target: Path | None, data: Path | None, model_flags: dict, seed: int, horizon: int, windows: int,
         streams: int, out: Path | None) -> tuple[Analysis, Path]:
     """Analyse a checkpoint (`target`) or, with target None, fresh weights of `model_flags`; write json and png."""
-    if min(horizon, windows, streams) < 1:
-        raise ConfigError("--horizon, --windows and --streams must be >= 1")
+    check_options(horizon, windows, streams, seed)
     if target is not None:
         if any(v is not None for v in model_flags.values()):
             raise ConfigError("--model, --hidden and --layers describe fresh weights; use them with --init")
@@ -244,6 +249,7 @@ def run(target: Path | None, data: Path | None, model_flags: dict, seed: int, ho
         source, out = str(path), out or path.parent
     else:
         config = load_config(None, {**model_flags, "data.path": str(data) if data else None})
+        check_memory(config, torch.device("cpu"))
         vocab, source, out = None, "fresh weights", out or default_out()
     batches, vocab = validation_windows(config, vocab, streams, horizon + 1, windows)
     if target is None:
@@ -259,6 +265,9 @@ def run(target: Path | None, data: Path | None, model_flags: dict, seed: int, ho
 
 def theory_report(steps: int, seed: int, out: Path | None, size: int = THEORY_SIZE) -> tuple[Table, Path]:
     """Table and theory.png: the hand-written linear-RNN gradient against autograd, then powers of a symmetric M."""
+    check_options(steps, 1, 1, seed)
+    if steps > MAX_THEORY_HORIZON:
+        raise ConfigError(f"--horizon must be at most {MAX_THEORY_HORIZON:,} with --theory (got {steps})")
     g = torch.Generator().manual_seed(seed)
     m = theory.symmetric_matrix(size, g)
     angles = theory.alignment_angles(m, torch.randn(size, generator=g, dtype=torch.float64), steps)

@@ -14,16 +14,18 @@ from . import checkpoint, tokencache
 from .config import Config, OptimizerName, from_dict
 from .data import Dataset, split_dataset
 from .download import fetch
-from .errors import CheckpointError, reason
+from .errors import CheckpointError, ConfigError, reason
 from .model import CharRNN
-from .runtime import flush_denormals, resolve_device, seed_everything, tune_allocator
+from .runtime import check_memory, flush_denormals, resolve_device, seed_everything, tune_allocator
 from .ui import console
 from .vocab import Vocab
 
 
 def prepare_process(config: Config) -> tuple[torch.device, torch.Generator]:
-    """Pick the device, tune the CPU (allocator, denormals) and seed; returns the device and the data generator."""
+    """Pick the device, refuse a model that cannot fit it, tune the CPU (allocator, denormals) and seed; returns
+    the device and the data generator."""
     device = resolve_device(config.train.device)
+    check_memory(config, device)
     if device.type == "cpu":
         tune_allocator()
         flush_denormals()
@@ -73,6 +75,6 @@ def load_trained(target: Path, which: str = "best") -> tuple[Config, CharRNN, Vo
         config, vocab = from_dict(payload["config"]), Vocab.from_list(payload["vocab"])
         model = build_model(config, len(vocab))
         model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path} does not hold a bptt model ({reason(exc)}); use a checkpoint from bptt train") from None
     return config, model, vocab, path

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError
-from .fsutil import atomic_write_bytes
+from .fsutil import atomic_open, write_error
 
 FORMAT = 1
 
@@ -32,10 +33,10 @@ def save(payload: dict, *paths: Path) -> None:
     torch.save({"format": FORMAT, **to_cpu(payload)}, buffer)
     for path in paths:
         try:
-            atomic_write_bytes(path, buffer.getvalue())
+            with atomic_open(path, "wb") as handle:
+                handle.write(buffer.getvalue())
         except OSError as exc:
-            reason = exc.strerror or exc
-            raise CheckpointError(f"cannot write checkpoint {path}: {reason}; free some space or fix permissions") from None
+            raise write_error(path, exc, "checkpoint ") from None
 
 
 def load(path: Path) -> dict:
@@ -43,13 +44,18 @@ def load(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; pass a run directory or a .pt file written by bptt train")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's warning about a legacy (non-zip) file: the error says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is corrupted or truncated (torch.load: {type(exc).__name__}); use another checkpoint"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bptt checkpoint (format {FORMAT}); use one written by bptt train")
+    vocab = payload.get("vocab", [])
+    if not (isinstance(vocab, list) and all(isinstance(c, str) for c in vocab)):
+        raise CheckpointError(f"{path} has a damaged vocabulary (not a list of characters); use another checkpoint")
     return payload
 
 

@@ -17,7 +17,8 @@ from .choices import Cell, Schedule, StrategyName, Unknown, XAxis
 from .cli_base import Command, Group, OneLineUsageErrors, default, friendly
 from .config import Device, LrSchedule, OptimizerName, Partition
 from .corpus import Preprocess
-from .errors import ConfigError
+from .errors import ConfigError, exit_code
+from .signals import signal_number, unwind_on_signals
 from .ui import console, stdout
 
 
@@ -461,4 +462,9 @@ def recall(
 
 
 def main() -> None:
-    app(prog_name="bptt")
+    """The `bptt` command: SIGTERM and SIGHUP stop it as Ctrl-C does (exit 128 + the signal), never with a traceback."""
+    try:
+        with unwind_on_signals():
+            app(prog_name="bptt")
+    except KeyboardInterrupt as exc:  # between commands' own handling, e.g. while a command imports its modules
+        sys.exit(exit_code(signal_number(exc)))

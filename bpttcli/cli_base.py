@@ -12,7 +12,8 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from .config import Config
-from .errors import BpttError
+from .errors import BpttError, exit_code
+from .signals import signal_number
 from .ui import console, stdout
 
 
@@ -63,7 +64,8 @@ class OneLineUsageErrors(Group):
 
 
 def friendly(command):
-    """Print expected errors as one line and exit with their code; let anything else raise."""
+    """Print expected errors as one line and exit with their code; a stop signal exits silently with
+    128 + its number; let anything else raise."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -72,6 +74,8 @@ def friendly(command):
         except BpttError as exc:
             console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(exit_code(signal_number(exc))) from None
 
     return wrapper
 

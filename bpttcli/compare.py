@@ -17,13 +17,14 @@ from pathlib import Path
 
 from .builders import load_dataset
 from .compare_report import aggregate, describe, write_outputs
-from .config import Config, Partition, load_config, to_dict
+from .config import MAX_SEED, Config, Partition, load_config, to_dict
 from .data import Dataset
-from .errors import ConfigError, Interrupted
-from .fsutil import atomic_write_text, ensure_dir, timestamped_dir
+from .errors import CheckpointError, ConfigError, Interrupted, shown
+from .fsutil import atomic_write_text, ensure_dir, timestamped_dir, to_json
 from .gradient_quality import gradient_quality
 from .memory import memory_measure, memory_meter
 from .runtime import resolve_device
+from .signals import signal_number
 from .strategies import GROUPS, VARIANTS, StrategyName, make_variant
 from .train import train
 from .ui import LiveView
@@ -50,8 +51,9 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:
         seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
-        raise ConfigError(f"--seeds '{text}' is not a list of distinct non-negative integers; e.g. --seeds 0,1,2")
+    if not seeds or min(seeds) < 0 or max(seeds) >= MAX_SEED or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds {shown(text)} is not a list of distinct non-negative integers below 2^63; "
+                          f"e.g. --seeds 0,1,2")
     return seeds
 
 
@@ -105,16 +107,30 @@ def comparable(config: dict) -> dict:
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "run_dir"}}
 
 
+def finished_run(base: Config, variant: str, seed: int, root: Path) -> dict | None:
+    """The record of the finished run in root/<variant>-s<seed>, None if it is unfinished; refused if its
+    summary.json is damaged or it was trained with another config."""
+    directory = run_dir(root, variant, seed)
+    done = directory / "summary.json"
+    if not done.is_file():
+        return None
+    try:
+        record = json.loads(done.read_bytes())
+        same = comparable(record["config"]) == comparable(to_dict(run_config(base, variant, seed, directory)))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not UTF-8, not JSON, not a record
+        raise CheckpointError(f"{done} is damaged ({type(exc).__name__}); delete {directory} to redo that run") from None
+    if not same:
+        raise ConfigError(f"{directory} was trained with another config; use a new --out or delete that run")
+    return record
+
+
 def run_one(base: Config, variant: str, seed: int, root: Path, view: LiveView) -> dict:
     """Train one strategy with one seed, or reuse the finished run in root/<variant>-s<seed>."""
+    record = finished_run(base, variant, seed, root)
+    if record is not None:
+        return record
     directory = run_dir(root, variant, seed)
     config = run_config(base, variant, seed, directory)
-    done = directory / "summary.json"
-    if done.is_file():
-        record = json.loads(done.read_text(encoding="utf-8"))
-        if comparable(record["config"]) != comparable(to_dict(config)):
-            raise ConfigError(f"{directory} was trained with another config; use a new --out or delete that run")
-        return record
     shutil.rmtree(directory, ignore_errors=True)  # an unfinished run starts over
     with memory_meter(resolve_device(config.train.device)) as meter:
         summary = train(config, directory, quiet=True, view=RunView(view))
@@ -122,7 +138,7 @@ def run_one(base: Config, variant: str, seed: int, root: Path, view: LiveView) -
     summary["tokens_per_s"] = summary["tokens"] / max(summary["elapsed"], 1e-9)
     summary["peak_memory_mib"] = meter.peak / 2**20
     record = {"strategy": variant, "seed": seed, "config": to_dict(config), "summary": summary}
-    atomic_write_text(done, json.dumps(record, indent=1))
+    atomic_write_text(directory / "summary.json", to_json(record, indent=1))
     return record
 
 
@@ -160,14 +176,18 @@ def compare(config: Config, variants: list[str], seeds: list[int], out: Path | N
     """Train every (strategy, seed), measure gradient quality, write results.{json,csv,md} and curves.png."""
     started = time.monotonic()
     out = ensure_dir(Path(out or timestamped_dir("compare")), ConfigError)
-    data, root = load_dataset(config), out / "runs"
+    root = out / "runs"
+    for variant in variants:  # refuse a damaged or foreign finished run before anything is prepared or shown
+        for seed in seeds:
+            finished_run(config, variant, seed, root)
+    data = load_dataset(config)
     try:
         records = run_all(config, variants, seeds, root, data)
         measured = measure_gradients(config, variants, seeds[0], root, data) if gradients else None
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt) as exc:
         finished = len(list(root.glob("*/summary.json")))
         raise Interrupted(f"interrupted; the {finished} finished runs are kept in {root}; "
-                          f"rerun with --out {out} to skip them and finish") from None
+                          f"rerun with --out {out} to skip them and finish", signal_number(exc)) from None
     device = resolve_device(config.train.device)
     results = {
         "out": str(out), "title": describe(config), "strategies": variants, "seeds": seeds,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from pathlib import Path
 
 import torch
@@ -14,7 +12,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from .config import Config
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_json, atomic_write_text
 from .ui import compact
 
 RUN_METRICS = {  # results name -> summary key
@@ -24,17 +22,6 @@ RUN_METRICS = {  # results name -> summary key
     "grad_norm_max": "grad_norm_max", "clip_rate": "clip_rate", "segment_mean": "segment_mean",
     "segment_max": "segment_max", "max_weight": "max_weight",
 }
-
-
-def finite(value):
-    """JSON-safe: NaN and infinities become None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
 
 
 def aggregate(records: list[dict], variants: list[str]) -> list[dict]:
@@ -166,7 +153,7 @@ def describe(config: Config) -> str:
 
 def write_outputs(out: Path, results: dict, runs: dict[str, list[Path]]) -> None:
     """results.{json,csv,md} and curves.png (from the run directories of each strategy) in `out`."""
-    atomic_write_text(out / "results.json", json.dumps(finite(results), indent=1))
+    atomic_write_json(out / "results.json", results)  # strict: non-finite numbers are null
     atomic_write_text(out / "results.csv", to_csv(results["rows"]))
     atomic_write_text(out / "results.md", markdown(results))
     plot_curves(out / "curves.png", runs, results["title"])

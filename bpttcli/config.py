@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import math
 import types
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,18 @@ import yaml
 
 from .choices import Cell, Schedule, StrategyName
 from .corpus import Preprocess
-from .errors import ConfigError
+from .errors import ConfigError, shown
 
 DEFAULT_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"  # The Time Machine, d2l.ai's copy
 DEFAULT_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+
+
+def check_sha1(sha1: str | None, option: str = "--sha1") -> None:
+    """Refuse, before any request, a checksum that is neither empty (no check) nor 40 hexadecimal digits."""
+    text = (sha1 or "").strip()
+    if text and not re.fullmatch(r"[0-9a-fA-F]{40}", text):
+        raise ConfigError(f"{option} must be 40 hexadecimal digits (a SHA-1), or empty to skip the check "
+                          f"(got {shown(sha1)})")
 
 
 class Partition(str, enum.Enum):
@@ -102,6 +111,7 @@ class TrainConfig:
     recompute: bool = False  # segment checkpointing: O(sqrt(L)) memory for long segments
     progress_every: float = 10.0  # seconds between plain progress lines when stderr is not a terminal (a log)
     tensorboard: bool = False  # also write metrics.jsonl's scalars to <run_dir>/tensorboard (bptt[tensorboard])
+    checkpoint_every: float = 60.0  # seconds between saves of last.pt besides the evaluations'; 0 = only those
 
 
 @dataclass
@@ -124,7 +134,7 @@ def _coerce(value, kind, key: str):
             return kind(value)
         except ValueError:
             choices = ", ".join(m.value for m in kind)
-            raise ConfigError(f"{key}: '{value}' is not one of {choices}") from None
+            raise ConfigError(f"{key}: {shown(value)} is not one of {choices}") from None
     if kind is bool and isinstance(value, bool):
         return value
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
@@ -134,11 +144,11 @@ def _coerce(value, kind, key: str):
         return int(number)
     if kind is float and number is not None:
         if not math.isfinite(number):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {shown(value)}")
         return number
     if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {shown(value)}")
 
 
 def _as_float(value) -> float | None:
@@ -159,14 +169,14 @@ def _first_leaf(key: str, value) -> str:
 
 def _build(cls, values: dict, prefix: str = ""):
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {shown(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
             where = f"under {prefix.rstrip('.')}" if prefix else "at the top level"
             raise ConfigError(
-                f"unknown config key '{_first_leaf(prefix + str(key), values[key])}'; "
+                f"unknown config key {shown(_first_leaf(prefix + str(key), values[key]))}; "
                 f"valid keys {where}: {', '.join(sorted(names))}"
             )
     kwargs = {}
@@ -211,10 +221,14 @@ def from_dict(values: dict) -> Config:
 def _set_dotted(tree: dict, key: str, value) -> None:
     *parents, leaf = key.split(".")
     node = tree
-    for part in parents:
+    for depth, part in enumerate(parents, 1):
         child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"unknown config key '{key}'")
+            section = ".".join(parents[:depth])
+            raise ConfigError(f"{section[:80]}: expected a mapping of keys, got {shown(child)}; "
+                              f"cannot set {shown(key)} (fix the config file)")
         node = child
     node[leaf] = value
 
@@ -223,21 +237,62 @@ def parse_set(item: str) -> tuple[str, object]:
     """'optim.lr=0.5' -> ('optim.lr', 0.5), the value parsed as YAML."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set '{item}' is not KEY=VALUE; e.g. --set optim.lr=0.5")
+        raise ConfigError(f"--set {shown(item)} is not KEY=VALUE; e.g. --set optim.lr=0.5")
     try:
-        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+        return key.strip(), load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         return key.strip(), raw
+
+
+MAX_YAML_VALUES = 10_000  # a config has ~40; an alias bomb expands a few lines into billions
+
+
+class YamlTooLarge(yaml.YAMLError):
+    pass
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, refusing a document that expands (through aliases) past MAX_YAML_VALUES values or
+    nests past Python's recursion limit: a few lines must not become gigabytes."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise YamlTooLarge(f"it expands to more than {MAX_YAML_VALUES:,} values through aliases")
+        return None if node is None else loader.construct_document(node)
+    except RecursionError:
+        raise YamlTooLarge("it is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict) -> int:
+    """Values in `node` once every alias is expanded (each shared node counted once per use); a cycle counts
+    as too many."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = MAX_YAML_VALUES + 1  # seen again while being counted: a recursive alias
+    children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else []
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in children for child in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_YAML_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
 
 
 def read_yaml(path: Path) -> dict:
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; pass an existing YAML file, e.g. configs/default.yaml") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid YAML: {first[:200]}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}; pass a readable YAML file") from None
     if not isinstance(values, dict):
@@ -258,10 +313,29 @@ def load_config(
 
 def _check(ok: bool, key: str, rule: str, value) -> None:
     if not ok:
-        raise ConfigError(f"{key} must be {rule} (got {value})")
+        raise ConfigError(f"{key} must be {rule} (got {shown(value)})")
+
+
+MAX_SEED = 2**63  # seeds are 64-bit signed integers in torch's generators
+
+
+def check_seed(seed: int, option: str) -> None:
+    """A seed every generator takes: an integer in [0, 2^63)."""
+    if not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"{option} must be an integer in [0, 2^63) (got {shown(seed)})")
+
+
+def _check_path(path: str | None, key: str) -> None:
+    """A path the operating system can take: no NUL character, not longer than PATH_MAX."""
+    if path is not None:
+        _check("\0" not in path and len(path) <= 4096, key, "a file path (no NUL, at most 4096 characters)", path)
 
 
 def validate(c: Config) -> Config:
+    _check_path(c.data.path, "data.path")
+    _check_path(c.data.data_dir, "data.data_dir")
+    _check_path(c.train.run_dir, "train.run_dir")
+    check_sha1(c.data.sha1, "data.sha1")
     _check(c.data.batch_size > 0, "data.batch_size", "> 0", c.data.batch_size)
     _check(0 <= c.data.val_fraction < 1, "data.val_fraction", "in [0, 1)", c.data.val_fraction)
     _check(c.model.hidden > 0, "model.hidden", "> 0", c.model.hidden)
@@ -291,6 +365,9 @@ def validate(c: Config) -> Config:
     _check(c.train.eval_tokens >= 0, "train.eval_tokens", ">= 0 (0 = the whole validation split)", c.train.eval_tokens)
     _check(c.train.log_every > 0, "train.log_every", "> 0", c.train.log_every)
     _check(c.train.progress_every > 0, "train.progress_every", "> 0 (seconds)", c.train.progress_every)
+    _check(c.train.checkpoint_every >= 0, "train.checkpoint_every", ">= 0 seconds (0 = only at evaluations)",
+           c.train.checkpoint_every)
+    check_seed(c.train.seed, "train.seed")
     return c
 
 

@@ -70,7 +70,7 @@ def read_chunks(path: Path, chunk: int = CHUNK, decode: bool = True) -> Iterator
                 yield data, text
                 data = f.read(chunk)
     except OSError as exc:
-        raise DataError(f"cannot read corpus {path}: {exc.strerror or exc}") from None
+        raise unreadable(path, exc) from None
     if decode and not content:
         raise DataError(f"corpus {path} is empty; pass a text file with some content")
 
@@ -78,3 +78,9 @@ def read_chunks(path: Path, chunk: int = CHUNK, decode: bool = True) -> Iterator
 def read_text(path: Path) -> str:
     """Read a whole UTF-8 text file (without a leading BOM), or raise a one-line DataError saying what is wrong."""
     return "".join(text for _, text in read_chunks(path))
+
+
+def unreadable(path: Path, exc: OSError) -> DataError:
+    """The error for a corpus that exists but cannot be read."""
+    return DataError(f"cannot read corpus {path}: {exc.strerror or exc}; make it readable or pass another file "
+                     f"with --data PATH")

@@ -19,16 +19,17 @@ the strategy.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.table import Table
 
+from .config import check_seed
 from .engine import segments
 from .errors import ConfigError
-from .fsutil import atomic_write_text, ensure_dir, timestamped_dir
+from .fsutil import atomic_write_json, ensure_dir, timestamped_dir
 from .plots import Panel, Series, plot_panels
 from .strategies import Schedule, Strategy, StrategyName, make_strategy
 from .ui import LiveView
@@ -36,6 +37,8 @@ from .unrolled import scale_grad
 
 DIVERGED = 1e8  # a run stops once a step's loss exceeds this
 TRAJECTORY_POINTS = 1000  # theta(t) kept per run in the JSON and the plot
+MAX_N = 4096  # A is n x n, and every step multiplies by it
+MAX_STEPS = 10_000_000  # every strategy keeps each step's loss
 
 
 @dataclass
@@ -123,13 +126,23 @@ def lineup(truncations: list[int], tau: int, episode: int) -> list[tuple[str, St
     return runs + [(f"full (episode {episode})", make_strategy(StrategyName.full, episode, True))]
 
 
+def check_options(task: Task, steps: int, episode: int, lr: float, tau: int, truncations: list[int], seed: int) -> None:
+    if not 2 <= task.n <= MAX_N:
+        raise ConfigError(f"--n must be in 2..{MAX_N} (got {task.n})")
+    if not 0 < task.p < task.n or 2 * task.p == task.n:
+        raise ConfigError(f"--p must be in 1..n-1 and differ from n/2 (got n={task.n}, p={task.p})")
+    if min(steps, episode, tau, *truncations) < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--steps, --episode, --tau and --truncation must be >= 1 and --lr a finite number > 0 "
+                          f"(got --lr {lr:g})")
+    if not episode <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be in --episode..{MAX_STEPS:,} (got --steps {steps}, --episode {episode})")
+    check_seed(seed, "--seed")
+
+
 def influence_balancing(task: Task, steps: int, episode: int, lr: float, tau: int, truncations: list[int],
                         seed: int, quiet: bool = False) -> list[Run]:
     """Train theta online with every strategy of `lineup`, each from the same seed."""
-    if not 0 < task.p < task.n or 2 * task.p == task.n:
-        raise ConfigError(f"--p must be in 1..n-1 and differ from n/2 (got n={task.n}, p={task.p})")
-    if min(steps, episode, tau, *truncations) < 1 or lr <= 0:
-        raise ConfigError("--steps, --episode, --tau and --truncation must be >= 1 and --lr > 0")
+    check_options(task, steps, episode, lr, tau, truncations, seed)
     strategies = lineup(truncations, tau, episode)
     runs = []
     with LiveView("influence balancing", steps * len(strategies), quiet) as view:
@@ -167,7 +180,7 @@ def episode_means(losses: torch.Tensor, episode: int) -> tuple[list[int], list[f
 
 
 def save(runs: list[Run], task: Task, episode: int, out: Path) -> tuple[Path, Path]:
-    """influence-balancing.json and .png in `out`."""
+    """influence-balancing.json (strict JSON) and .png in `out`."""
     ensure_dir(out, ConfigError)
     summary = {
         "task": vars(task), "episode": episode, "optimal_theta": task.optimal_theta(episode),
@@ -175,7 +188,7 @@ def save(runs: list[Run], task: Task, episode: int, out: Path) -> tuple[Path, Pa
         "runs": [{"strategy": r.label, "theta": r.theta, "loss": final_loss(r, episode), "diverged_at": r.diverged_at,
                   "trajectory": {"step": r.trajectory[0], "theta": r.trajectory[1]}} for r in runs],
     }
-    atomic_write_text(out / "influence-balancing.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_json(out / "influence-balancing.json", summary)  # strict: a diverged run's inf loss is null
     return out / "influence-balancing.json", plot(runs, task, episode, out / "influence-balancing.png")
 
 

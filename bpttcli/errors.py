@@ -1,4 +1,16 @@
-"""The error hierarchy: each expected failure is one line and an exit code."""
+"""The error hierarchy: each expected failure is one line and an exit code.
+
+Exit codes: 2 usage or config, 3 data, 4 download, 5 checkpoint or run file (damaged, or cannot be
+written), 6 diverged, and 128 + the signal's number when a signal stopped the work: 130 Ctrl-C
+(SIGINT), 143 SIGTERM, 129 SIGHUP.
+"""
+
+from __future__ import annotations
+
+import reprlib
+import signal
+
+SHOWN = 80  # characters of a bad value that an error message repeats
 
 
 class BpttError(Exception):
@@ -26,9 +38,13 @@ class DownloadError(BpttError):
 
 
 class CheckpointError(BpttError):
-    """A checkpoint that is missing, corrupted or incompatible."""
+    """A checkpoint or run file that is missing, damaged or incompatible."""
 
     exit_code = 5
+
+
+class WriteError(CheckpointError):
+    """A run file could not be written (disk full, file too large, no permission); what is on disk stays whole."""
 
 
 class TrainingDiverged(BpttError):
@@ -38,12 +54,32 @@ class TrainingDiverged(BpttError):
 
 
 class Interrupted(BpttError):
-    """Ctrl-C stopped the run after saving a checkpoint to resume from."""
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the work; exits with 128 + the signal's number."""
 
-    exit_code = 130
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = exit_code(signum)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention for a process stopped by a signal: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + int(signum)
 
 
 def reason(exc: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none: the 'why' of a one-line error."""
     text = str(exc)
     return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = SHOWN
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+
+
+def shown(value, limit: int = SHOWN) -> str:
+    """A value as an error message repeats it: its repr, cut to `limit` characters (never expanding a huge
+    or deeply shared structure in full), on one line."""
+    text = _REPR.repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

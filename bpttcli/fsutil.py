@@ -1,8 +1,15 @@
-"""Atomic file writes: a temp file in the same directory, fsync, then rename."""
+"""Files that stay whole: atomic writes, whole-line appends, strict JSON, and exclusive locks.
+
+Writes go to a temp file beside the target (`.<name>.<random>.tmp`), fsync, then rename; a failed
+write raises `WriteError` naming the file and the errno, and leaves the old file as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
+import math
 import os
 import stat
 import tempfile
@@ -10,7 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import BpttError
+from .errors import BpttError, WriteError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no locks
+    fcntl = None
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -41,6 +53,12 @@ def ensure_dir(path: Path, error: type[BpttError] = BpttError) -> Path:
     return path
 
 
+def write_error(path: Path, exc: OSError, what: str = "") -> WriteError:
+    """'cannot write [what ]PATH: No space left on device (ENOSPC); ...': the file and the errno, on one line."""
+    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    return WriteError(f"cannot write {what}{path}: {exc.strerror or exc}{code}; free some space or fix permissions")
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temp file beside `path`; on success it replaces `path`, on failure it is removed."""
@@ -60,10 +78,108 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as handle:
-        handle.write(text)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
+    try:
+        with atomic_open(path, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line whole or not at all: a failed write (disk full, file too large) is cut back off."""
+    data = memoryview((line.rstrip("\n") + "\n").encode("utf-8"))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise write_error(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ strict JSON
+def finite(value):
+    """JSON-safe: NaN and infinities become None (null), recursively through dicts, lists and tuples."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(value, **options) -> str:
+    """Strict JSON (never NaN or Infinity: those are written as null)."""
+    return json.dumps(finite(value), allow_nan=False, **options)
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_text(path, to_json(value, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------ locks
+class Locked(Exception):
+    """Another process holds the lock; `holder` is the PID it wrote in the lock file ('' if unknown)."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created, holding this process's PID) inside the block.
+
+    Another process holding it raises `Locked`, or with `wait` is waited for. The kernel releases the
+    lock when its holder dies (kill -9 included); the file is removed on the way out.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = _acquire(Path(path), wait)
+    try:
+        with contextlib.suppress(OSError):  # the PID is for messages only: a full disk must not stop the lock
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # before the unlock: a process that opened this file sees it is gone and retries
+        os.close(fd)
+
+
+def _acquire(path: Path, wait: bool) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise Locked(holder) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
+
+
+def remove_stale_temps(directory: Path, pattern: str = ".*.tmp") -> None:
+    """Delete temp files that a killed writer left (call while holding the directory's lock)."""
+    for tmp in Path(directory).glob(pattern):
+        with contextlib.suppress(OSError):
+            tmp.unlink()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .fsutil import atomic_write_text
+from .errors import CheckpointError
+from .fsutil import append_line, atomic_write_bytes, to_json
 from .ui import compact
 
 
@@ -45,6 +46,21 @@ class Interval:
         return {"loss": float(self.loss), "tokens": self.tokens, "norms": [float(n) for n in self.norms],
                 "segments": list(self.segments), "max_weight": self.max_weight,
                 "seconds": time.monotonic() - self.started}  # so that a resumed interval's chars/s stays true
+
+
+def kept_lines(path: Path, count: int) -> list[bytes]:
+    """The first `count` lines of metrics file `path`, refused unless each is a whole JSON line."""
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)[:count]
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions") from None
+    for number, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except ValueError as exc:  # not UTF-8, or not JSON
+            raise CheckpointError(f"{path} line {number} is damaged ({type(exc).__name__}); restore the "
+                                  f"file or start a new run") from None
+    return lines
 
 
 class RunLog:
@@ -126,17 +142,18 @@ class RunLog:
         self._write({"kind": "stop", **position, "reason": reason, "elapsed": elapsed})
 
     def _write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        """One strict JSON line (a non-finite number is written as null), appended whole or not at all."""
+        append_line(self.path, to_json(record))
         self.metrics_lines += 1
         if self.sink is not None:
             self.sink(record)
 
     def rewind(self) -> None:
-        """Keep only the metrics lines this log accounts for; a resumed run writes the later ones again."""
+        """Keep only the metrics lines this log accounts for, checked to be whole JSON lines (before anything
+        is written); a resumed run writes the later ones again."""
         if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            atomic_write_text(self.path, "".join(lines[: self.metrics_lines]))
+            lines = kept_lines(self.path, self.metrics_lines)
+            atomic_write_bytes(self.path, b"".join(line.rstrip(b"\n") + b"\n" for line in lines))
 
     # ------------------------------------------------------------------- reports
     def stats_line(self) -> str | None:

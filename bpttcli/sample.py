@@ -8,6 +8,7 @@ frequency: a space for prose), which is not printed, so a sample starts the way 
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -15,9 +16,9 @@ from typing import Iterator, TextIO
 import torch
 
 from .choices import Unknown
-from .config import Device
+from .config import Device, check_seed
 from .corpus import preprocess, read_text
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .model import CharRNN
 from .runtime import resolve_device
 from .builders import load_trained
@@ -44,7 +45,7 @@ class Sampler:
         bad = self.vocab.unknown(text)
         if bad and Unknown(unknown) is Unknown.error:
             raise ConfigError(
-                f"the prefix has characters outside the model's vocabulary: {' '.join(map(repr, bad))}; "
+                f"the prefix has characters outside the model's vocabulary: {shown(bad)}; "
                 f"remove them or pass --unknown skip (drop them) or --unknown unk"
             )
         if Unknown(unknown) is Unknown.skip:
@@ -112,9 +113,17 @@ def read_prefix(prefix: str, prefix_file: Path | None) -> str:
     return read_text(prefix_file)
 
 
-def check_options(length: int, temperature: float, top_k: int, num_samples: int, top_p: float = 1.0) -> None:
-    if temperature <= 0:
-        raise ConfigError(f"--temperature must be > 0 (got {temperature:g}); for the likeliest character use --greedy")
+TEMPERATURES = (1e-4, 1e4)  # beyond these, softmax(logits / T) over- or underflows in float32
+
+
+def check_options(length: int, temperature: float, top_k: int, num_samples: int, top_p: float = 1.0,
+                  seed: int | None = None) -> None:
+    low, high = TEMPERATURES
+    if not (math.isfinite(temperature) and low <= temperature <= high):
+        raise ConfigError(f"--temperature must be a number in [{low:g}, {high:g}] (got {temperature:g}); "
+                          f"for the likeliest character use --greedy")
+    if seed is not None:
+        check_seed(seed, "--seed")
     if top_k < 0:
         raise ConfigError(f"--top-k must be >= 0, 0 meaning no limit (got {top_k})")
     if not 0 < top_p <= 1:
@@ -130,7 +139,7 @@ def sample(
     prefix_file: Path | None = None,
 ) -> list[str]:
     """Write `num_samples` samples to `out` as they are generated (each after its preprocessed prefix); return them."""
-    check_options(length, temperature, top_k, num_samples, top_p)
+    check_options(length, temperature, top_k, num_samples, top_p, seed)
     prefix = read_prefix(prefix, prefix_file)
     sampler = Sampler.load(target, last, device)
     ids = sampler.encode(prefix, unknown)

@@ -31,7 +31,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 
 from . import prepare
-from .corpus import CHUNK, Preprocess, check_file
+from .corpus import CHUNK, Preprocess, check_file, unreadable
 from .download import default_data_dir
 from .errors import DataError
 from .fsutil import atomic_write_text, ensure_dir
@@ -63,7 +63,7 @@ def load(path: Path, mode: Preprocess, data_dir: str | Path | None = None, vocab
     """The prepared tokens of the corpus at `path`, preparing them first if needed; in `vocab` if given."""
     path, mode, root = check_file(path).resolve(), Preprocess(mode), cache_root(data_dir)
     started, stat = time.time(), path.stat()
-    sha1 = _indexed_sha1(root, path, stat) or _hash(path, stat.st_size, quiet)
+    sha1 = corpus_sha1(path, data_dir, quiet)
     key = f"{sha1}-{mode.value}"
     own = _open(root / f"v{FORMAT}" / key) or _build(root, key, _tokenizer(path, mode, sha1, stat), path.name, quiet)
     _unchanged(path, stat)
@@ -72,6 +72,13 @@ def load(path: Path, mode: Preprocess, data_dir: str | Path | None = None, vocab
         return own
     key = f"{key}-{hashlib.sha1(json.dumps(vocab.to_list()).encode()).hexdigest()[:16]}"
     return _open(root / f"v{FORMAT}" / key) or _build(root, key, _translator(own, vocab), path.name, quiet)
+
+
+def corpus_sha1(path: Path, data_dir: str | Path | None = None, quiet: bool = False) -> str:
+    """The SHA-1 of the corpus at `path`: from the index while the file is as it was indexed, else hashed."""
+    path = check_file(path).resolve()
+    stat = path.stat()
+    return _indexed_sha1(cache_root(data_dir), path, stat) or _hash(path, stat.st_size, quiet)
 
 
 def describe(source: Path, prepared: Prepared) -> str:
@@ -120,7 +127,7 @@ def _hash(path: Path, size: int, quiet: bool) -> str:
                     h.update(block)
                     view.advance(len(block))
         except OSError as exc:
-            raise DataError(f"cannot read corpus {path}: {exc.strerror or exc}") from None
+            raise unreadable(path, exc) from None
     return h.hexdigest()
 
 

@@ -3,37 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-import signal
 import time
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
+from .averaging import WeightAverage
 from .builders import build_model, build_optimizer, load_dataset, prepare_process
 from .config import Config, LrSchedule, Partition, dump_yaml, to_dict
-from .averaging import WeightAverage
 from .data import RandomWindows, SequentialStreams, head
 from .engine import Replay, evaluate
-from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, reason
+from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, WriteError, reason
 from .fsutil import atomic_write_text, ensure_dir
 from .model import detach_state
-from .recurrence import GATES
-from .runlog import RunLog
-from .rundir import check_new_run_dir, default_run_dir, resume_config
-from .runtime import STOP_SIGNALS, on_sigint
+from .runlog import RunLog, kept_lines
+from .rundir import (absolute, check_new_run_dir, check_same_corpus, corpus_record, default_run_dir, hold_run_dir,
+                     load_resume)
+from .runtime import activation_bytes
+from .signals import StopSignals, name
 from .strategies import make_strategy
 from .tensorboard_log import TensorBoardLog
 from .ui import LiveView, compact, plural
 from .vocab import Vocab
-
-
-def activation_bytes(config: Config, steps: int) -> int:
-    """Rough bytes the backward pass keeps for `steps` steps (hidden states, gates, gradients)."""
-    m = config.model
-    per_step = config.data.batch_size * m.hidden * (2 * GATES[m.cell] + 2) * m.layers
-    return 4 * per_step * steps
 
 
 class Trainer:
@@ -46,6 +40,9 @@ class Trainer:
         if config.train.tensorboard:
             TensorBoardLog.require()
         self.device, self.generator = prepare_process(config)
+        self.corpus = corpus_record(config.data)
+        if resume:  # before the corpus is prepared: another text is refused without writing anything
+            check_same_corpus(resume.get("corpus"), self.corpus)
         self.data = load_dataset(config, quiet=quiet)
         if resume and self.data.vocab != Vocab.from_list(resume.get("vocab", [])):
             raise CheckpointError("resume: the corpus's vocabulary differs from the checkpoint's; use the same --data")
@@ -63,7 +60,9 @@ class Trainer:
             self.total_tokens = min(self.total_tokens, config.train.max_tokens)
         self.updates, self.epoch, self.tokens, elapsed = 0, 0, 0, 0.0
         self.log = RunLog(run_dir / "metrics.jsonl", config.optim.clip)
-        self.stop_requested, self.stop_reason = None, None  # the signal that asked to stop; why the run stopped
+        self.stop = StopSignals()  # SIGINT, SIGTERM, SIGHUP: finish the update, save, exit 128 + signal
+        self.stop_reason: str | None = None  # why the run stopped, once it has
+        self.saved_at = time.monotonic()
         if resume:
             elapsed = self._restore(resume)
         else:
@@ -78,23 +77,28 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict:
-        self.log.rewind()
         board = TensorBoardLog(self.run_dir, self.log, self.updates) if self.config.train.tensorboard else None
-        with board or contextlib.nullcontext(), on_sigint(self._request_stop, STOP_SIGNALS), \
-                self.view if self.owns_view else contextlib.nullcontext():
-            self._announce()
-            while self.step():
-                pass
-            if self.stop_requested:
-                self._save()
-            else:
-                self._finish()
-        if self.stop_requested:
-            raise Interrupted(
-                f"interrupted by {self.stop_requested} at step {self.updates}; checkpoint saved; "
-                f"resume with: bptt train --resume {self.run_dir}"
-            )
+        try:
+            with board or contextlib.nullcontext(), self.stop, self.view if self.owns_view else contextlib.nullcontext():
+                self._announce()
+                while self.step():
+                    pass
+                stopped = self.stop.received
+                if stopped:
+                    self._save()
+                else:
+                    self._finish()
+        except WriteError as exc:
+            raise WriteError(f"{exc}; then {self._restart()}") from None
+        if stopped:
+            raise Interrupted(f"interrupted ({name(stopped)}) at step {self.updates}; checkpoint saved; "
+                              f"resume with: bptt train --resume {self.run_dir}", stopped)
         return self.summary()
+
+    def _restart(self) -> str:
+        if (self.run_dir / "last.pt").exists():
+            return f"resume with: bptt train --resume {self.run_dir}"
+        return f"start again with --run-dir {self.run_dir}"
 
     def step(self) -> bool:
         """One update, with its log line and evaluation when due; False (and nothing done) once the run is over."""
@@ -107,17 +111,14 @@ class Trainer:
         if t.eval_every and self.updates % t.eval_every == 0:
             self._check_finite()
             self._save(best=self._evaluate())
+        elif t.checkpoint_every and time.monotonic() - self.saved_at >= t.checkpoint_every:
+            self._save()  # at an update boundary, like every checkpoint: resuming from it is exact
         return True
-
-    def _request_stop(self, signum, frame) -> None:
-        if self.stop_requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.stop_requested = signal.Signals(signum).name
 
     def _should_continue(self) -> bool:
         """True to train one more update; otherwise False, with the reason in `stop_reason`."""
         t = self.config.train
-        if self.stop_requested:
+        if self.stop.received:
             return self._stop("interrupted")
         if t.max_steps and self.updates >= t.max_steps:
             return self._stop("max_steps")
@@ -264,11 +265,12 @@ class Trainer:
         payload = {
             "model": self.model.state_dict(), **self.average.checkpoint(self.model),
             "optimizer": self.optimizer.state_dict(),
-            "vocab": self.data.vocab.to_list(), "config": to_dict(self.config), **state,
+            "vocab": self.data.vocab.to_list(), "config": to_dict(self.config), "corpus": self.corpus, **state,
             "summary": {**self.summary(), "grad_norms": torch.tensor(self.log.norm_history)},
         }
         paths = [self.run_dir / "last.pt"] + ([self.run_dir / "best.pt"] if best else [])
         checkpoint.save(payload, *paths)
+        self.saved_at = time.monotonic()
 
     def _restore(self, p: dict) -> float:
         """Continue from checkpoint payload `p`; returns the run's elapsed time so far."""
@@ -320,18 +322,26 @@ def budget(config: Config) -> str:
 
 
 def _start(trainer: Trainer) -> dict:
-    """Write the run's resolved config.yaml (only once everything is known to be valid), then train."""
-    ensure_dir(trainer.run_dir, ConfigError)
+    """Check and trim metrics.jsonl, write the run's resolved config.yaml (only once everything is known to be
+    valid), then train. The caller holds the run directory's lock."""
+    trainer.log.rewind()
     atomic_write_text(trainer.run_dir / "config.yaml", dump_yaml(trainer.config))
     return trainer.run()
 
 
 def train(config: Config, run_dir: Path | None = None, quiet: bool = False, view: LiveView | None = None) -> dict:
     """Start a new run; returns its summary. `view` replaces the run's own progress display."""
+    config = copy.deepcopy(config)  # the run's own: its corpus path made absolute, its directory set
     run_dir = Path(run_dir or config.train.run_dir or default_run_dir(config))
     check_new_run_dir(run_dir)
     config.train.run_dir = str(run_dir)
-    return _start(Trainer(config, run_dir, quiet=quiet, view=view))
+    if config.data.path:
+        config.data.path = absolute(config.data.path)
+    trainer = Trainer(config, run_dir, quiet=quiet, view=view)
+    ensure_dir(run_dir, ConfigError)
+    with hold_run_dir(run_dir):
+        check_new_run_dir(run_dir)  # again, now that no other process can start a run here
+        return _start(trainer)
 
 
 def resume(run_dir: Path, flags: dict | None = None, sets: list[str] = (), quiet: bool = False) -> dict:
@@ -339,9 +349,9 @@ def resume(run_dir: Path, flags: dict | None = None, sets: list[str] = (), quiet
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir} has no last.pt to resume from; start a run with bptt train first")
-    payload = checkpoint.load(run_dir / "last.pt")
-    if not isinstance(payload.get("config"), dict):
-        raise CheckpointError(f"{run_dir / 'last.pt'} holds no run config; it was not written by bptt train")
-    config = resume_config(payload["config"], flags, sets)
-    config.train.run_dir = str(run_dir)
-    return _start(Trainer(config, run_dir, resume=payload, quiet=quiet))
+    with hold_run_dir(run_dir):
+        config, payload = load_resume(run_dir, flags, sets)
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():  # refuse a damaged metrics file before anything is prepared or written
+            kept_lines(metrics, payload.get("metrics_lines", 0))
+        return _start(Trainer(config, run_dir, resume=payload, quiet=quiet))

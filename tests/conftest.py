@@ -111,7 +111,8 @@ class Server:
     """A local server whose responses per path are scripted as a list of (action, arg) steps.
 
     Actions: ("ok", body), ("status", code), ("slow", (seconds, body)) waits before the headers,
-    ("drop", body) / ("stall", body) send half the body, then close or hang. The last step repeats.
+    ("drop", body) / ("stall", body) send half the body, then close or hang, ("trickle", (size, pause, body))
+    sends `size` bytes every `pause` seconds. The last step repeats.
     """
 
     def __init__(self) -> None:
@@ -140,9 +141,21 @@ class Server:
                 if action == "slow":
                     seconds, arg = arg
                     server.release.wait(seconds)
+                if action == "trickle":
+                    size, pause, arg = arg
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(arg)))
                 self.end_headers()
+                if action == "trickle":
+                    for start in range(0, len(arg), size):
+                        if server.release.wait(pause):
+                            return
+                        try:
+                            self.wfile.write(arg[start : start + size])
+                            self.wfile.flush()
+                        except OSError:  # the client gave up
+                            return
+                    return
                 if action in ("drop", "stall"):
                     self.wfile.write(arg[: len(arg) // 2])
                     self.wfile.flush()

@@ -159,3 +159,24 @@ def test_analyze_usage_errors_are_one_line(bptt_error, args):
 def test_analyze_horizon_longer_than_the_validation_text_is_a_data_error(bptt_error, corpus):
     line = bptt_error("analyze", "--init", "--hidden", "4", "--data", corpus, "--horizon", "5000", code=3)
     assert "lower --horizon" in line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--theory", "--horizon", "-5"], "--horizon, --windows and --streams must be >= 1"),
+    (["--theory", "--horizon", "20000"], "--horizon must be at most 10,000 with --theory"),
+    (["--theory", "--seed", str(2**63)], "--seed must be an integer in [0, 2^63)"),
+    (["--init", "--seed", str(2**64)], "--seed must be an integer in [0, 2^63)"),
+    (["--init", "--hidden", "1000000"], "model.hidden=1000000 with model.layers=1 needs ~"),
+])
+def test_analyze_values_that_used_to_crash_are_one_line_errors(bptt_error, corpus, tmp_path, args, says):
+    assert says in bptt_error("analyze", *args, "--data", corpus, "--out", "out", code=2, alone=True)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Data has no positive values")
+def test_analysis_json_is_strict(tmp_path):
+    result = analyze.Analysis("x", "rnn", 4, [1.0, math.inf], math.nan, None, {"W_hh": {"singular_values": [math.nan],
+                              "spectral_radius": 1.0}}, [math.inf], -math.inf, 1, 1)
+    path, _ = analyze.save(result, tmp_path)
+    report = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in analysis.json"))
+    assert report["decay"] is None and report["gradient_norms"] == [1.0, None] and report["lyapunov"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
 import torch
@@ -78,3 +79,24 @@ def test_resolve_prefers_best_then_last(tmp_path):
     assert checkpoint.resolve(tmp_path) == tmp_path / "best.pt"
     assert checkpoint.resolve(tmp_path, "last") == tmp_path / "last.pt"
     assert checkpoint.resolve(tmp_path / "x.pt") == tmp_path / "x.pt"
+
+
+def test_a_raw_pickle_is_refused_without_torch_warnings(tmp_path, recwarn):
+    with open(tmp_path / "raw.pt", "wb") as f:
+        pickle.dump({"format": checkpoint.FORMAT}, f, protocol=4)
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        checkpoint.load(tmp_path / "raw.pt")
+    assert [str(w.message) for w in recwarn] == []
+
+
+@pytest.mark.parametrize("vocab", [[1, 2, 3], "abc", [["a"]]], ids=["ints", "string", "nested"])
+def test_a_damaged_vocabulary_is_refused_on_load(tmp_path, vocab):
+    checkpoint.save({**payload(), "vocab": vocab}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="damaged vocabulary"):
+        checkpoint.load(tmp_path / "last.pt")
+
+
+def test_a_failed_checkpoint_write_names_the_errno(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(27, "File too large")))
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last.pt: File too large \(EFBIG\)"):
+        checkpoint.save({"step": 2}, tmp_path / "last.pt")

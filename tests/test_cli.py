@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import signal
 import subprocess
 import sys
+import time
 import typing
 
 import pytest
@@ -232,3 +234,39 @@ def test_error_messages_keep_square_brackets(cli_error, tmp_path):
     """A message is printed as text, not rich markup: '[1]' in a path stays (it used to vanish)."""
     assert f"corpus {tmp_path / 'book[1].txt'} is not a file" in cli_error("train", "--data", tmp_path / "book[1].txt",
                                                                            "-q", code=3)
+
+
+# ------------------------------------------------------------------ stop signals outside training
+def test_ctrl_c_while_torch_is_importing_exits_130_silently(tmp_path):
+    """-X importtime reports each module as it finishes: the first torch module means torch is importing."""
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "bpttcli", "train", "--data", "missing.txt"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    other = []
+    for line in proc.stderr:
+        if line.startswith("import time:"):
+            if line.rsplit("|", 1)[-1].strip().startswith("torch"):
+                proc.send_signal(signal.SIGINT)
+                break
+        else:
+            other.append(line)
+    else:
+        pytest.fail("torch was never imported")
+    _, rest = proc.communicate(timeout=60)
+    other += [line for line in rest.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 130
+    assert "".join(other).strip() == ""  # no traceback, no message
+
+
+def test_sigterm_during_a_download_exits_143_and_leaves_no_temp_file(http_server, tmp_path):
+    http_server.routes["/book.txt"] = [("trickle", (100, 0.05, b"x" * 100_000))]
+    proc = subprocess.Popen([sys.executable, "-m", "bpttcli", "download", "--url", http_server.url("/book.txt"),
+                             "--sha1", "", "--data-dir", str(tmp_path), "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".book.txt.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err and out == ""
+    assert list(tmp_path.iterdir()) == []  # the temp file and the lock went with the unwinding

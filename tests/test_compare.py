@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -184,3 +185,36 @@ def test_beyond_the_chapter_tbptt_floor_and_full_over_windows(corpus, tmp_path):
     assert quality["tbptt", "initial"]["reach"] > quality["full-window", "initial"]["reach"]
     assert quality["random-floor", "initial"]["backward"] == 1
     assert r["tbptt"]["best_val_ppl"]["mean"] < 60
+
+
+def tree(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def cli_args(corpus, out, budget=BUDGET):
+    sets = [arg for s in SETS for arg in ("--set", s)]
+    return ("compare", "--data", corpus, "--strategies", "truncated", "--seeds", "0", "--budget-tokens", budget,
+            "--out", out, "--no-gradient-quality", *sets)
+
+
+def test_a_rerun_with_another_config_is_one_line_without_a_progress_bar(bptt_error, done, corpus, tmp_path):
+    out = shutil.copytree(done[1], tmp_path / "copy")
+    before = tree(out)
+    line = bptt_error(*cli_args(corpus, out, BUDGET + 100), code=2, alone=True)
+    assert "was trained with another config" in line and tree(out) == before
+
+
+def test_a_damaged_summary_json_is_one_line_and_nothing_is_rewritten(bptt_error, done, corpus, tmp_path):
+    out = shutil.copytree(done[1], tmp_path / "copy")
+    summary = out / "runs" / "truncated-s0" / "summary.json"
+    summary.write_bytes(summary.read_bytes()[:100])
+    before = tree(out)
+    line = bptt_error(*cli_args(corpus, out), code=5, alone=True)
+    assert f"{summary} is damaged (JSONDecodeError); delete {summary.parent} to redo that run" in line
+    assert tree(out) == before
+
+
+def test_summary_json_is_strict(done):
+    _, out = done
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in {path}"))

@@ -146,3 +146,62 @@ def test_shipped_configs_load(path):
 ])
 def test_strategy_parameters_are_checked(flags, key):
     assert key in config_fails(flags=flags)
+
+
+# ------------------------------------------------------------------ hostile values
+def alias_bomb(levels: int) -> str:
+    """A few hundred bytes of YAML that expand to 9**levels strings under data.path."""
+    lines = ["data:", "  path:", "    - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"    - &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]" for k in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb(6), encoding="utf-8")  # 530k strings once expanded (today's line: 2.6 MB)
+    message = config_fails(path=path)
+    assert len(path.read_bytes()) < 1000 and len(message) < 300
+    assert "expands to more than 10,000 values" in message and str(path) in message
+
+
+@pytest.mark.parametrize("content", ["[" * 1000, "a: &a [*a]\n"], ids=["deep", "recursive"])
+def test_a_yaml_nested_too_deep_or_recursive_is_refused(tmp_path, content):
+    path = tmp_path / "c.yaml"
+    path.write_text(content, encoding="utf-8")
+    assert "not valid YAML" in config_fails(path=path)
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"model": {"cell": "x" * 5000}}, "model.cell"),
+    ({"data": {"path": ["y" * 100] * 1000}}, "data.path"),
+    ({"optim": {"lr": {"k" * 3000: 1}}}, "optim.lr"),
+    ({"train": {"z" * 5000: 1}}, "unknown config key"),
+])
+def test_error_messages_cut_the_bad_value(tmp_path, values, named):
+    message = config_fails(path=write_yaml(tmp_path, values))
+    assert named in message and len(message) < 300
+
+
+def test_a_section_that_is_not_a_mapping_is_named_as_such_when_a_flag_sets_a_key_in_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: 5\n", encoding="utf-8")
+    message = config_fails(path=path, flags={"train.max_steps": 3})
+    assert "train: expected a mapping of keys, got 5" in message and "unknown config key" not in message
+
+
+@pytest.mark.parametrize("item, named", [
+    ("train.seed=9223372036854775808", "train.seed must be an integer in [0, 2^63)"),
+    ("train.seed=-1", "train.seed must be an integer in [0, 2^63)"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every must be >= 0"),
+    ("train.checkpoint_every=.nan", "train.checkpoint_every: expected a finite number"),
+    ("data.sha1=xyz", "data.sha1 must be 40 hexadecimal digits"),
+    ('data.path="a\\0b"', "data.path must be a file path"),
+])
+def test_values_that_would_crash_later_are_refused_up_front(item, named):
+    assert named in config_fails(sets=[item])
+
+
+def test_seed_range_and_checkpoint_period_defaults():
+    assert load_config(None, {"train.seed": 2**63 - 1}).train.seed == 2**63 - 1
+    assert Config().train.checkpoint_every == 60.0
+    assert load_config(None, None, ["data.sha1=''"]).data.sha1 == ""

@@ -106,3 +106,20 @@ def test_thin_keeps_the_ends_and_at_most_about_the_points_asked():
     kept, values = thin(times, [t / 2 for t in times], 1000)
     assert kept[0] == 0 and kept[-1] == 10_000 and len(kept) <= 1001 and values == [t / 2 for t in kept]
     assert thin([0, 5, 9], [1.0, 2.0, 3.0], 1000) == ([0, 5, 9], [1.0, 2.0, 3.0])
+
+
+def test_a_run_that_overflows_writes_strict_json_with_null(bptt, tmp_path):
+    bptt("demo", "influence-balancing", "--steps", "300", "--episode", "100", "--truncation", "1", "--lr", "1e300",
+         "--out", "ib", "-q")
+    text = (tmp_path / "ib/influence-balancing.json").read_text()
+    report = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in influence-balancing.json"))
+    assert any(r["loss"] is None or r["theta"] is None for r in report["runs"])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--lr", "nan"], "--lr a finite number > 0"), (["--lr", "inf"], "--lr a finite number > 0"),
+    (["--seed", str(2**63)], "--seed must be an integer in [0, 2^63)"), (["--n", "100000"], "--n must be in 2..4096"),
+])
+def test_demo_values_that_used_to_run_or_crash_are_refused(bptt_error, tmp_path, args, says):
+    assert says in bptt_error("demo", "influence-balancing", *args, "--out", "ib", code=2, alone=True)
+    assert not (tmp_path / "ib").exists()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from rich.progress import Progress
 
 from bpttcli.download import DEFAULT_SHA1, default_data_dir, fetch, sha1_of
-from bpttcli.errors import DownloadError
+from bpttcli.errors import ConfigError, DownloadError
 
 BODY = bytes(range(256)) * 400  # 100 KiB, several chunks
 BODY_SHA1 = hashlib.sha1(BODY).hexdigest()
@@ -168,3 +170,50 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert default_data_dir() == Path("data")
     monkeypatch.setenv("BPTT_DATA_DIR", str(tmp_path))
     assert default_data_dir() == tmp_path
+
+
+# ------------------------------------------------------------------ slow servers, bad checksums, stale files
+def test_a_trickle_stops_at_the_deadline_without_retrying(http_server, tmp_path):
+    http_server.routes["/x.txt"] = [("trickle", (100, 0.05, BODY))]  # 2 kB/s: 50 s for the body
+    started = time.monotonic()
+    message = fails(http_server.url("/x.txt"), BODY_SHA1, tmp_path, **{**FAST, "deadline": 1.0, "min_rate": 0})
+    assert "took longer than 1 s" in message and "--data" in message
+    assert time.monotonic() - started < 5 and len(http_server.hits) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trickle_under_the_minimum_rate_stops(http_server, tmp_path):
+    http_server.routes["/x.txt"] = [("trickle", (100, 0.05, BODY))]
+    message = fails(http_server.url("/x.txt"), BODY_SHA1, tmp_path,
+                    **{**FAST, "min_rate": 10_000, "rate_window": 0.5})
+    assert "is too slow" in message and "under 10,000 B/s" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_advances_at_least_every_second_on_a_slow_server(http_server, tmp_path, monkeypatch):
+    body = BODY[:3000]
+    http_server.routes["/x.txt"] = [("trickle", (100, 0.05, body))]  # 1.5 s, less than one 64 KiB read
+    advances = []
+    real = Progress.advance
+    monkeypatch.setattr(Progress, "advance",
+                        lambda self, task, n: advances.append(time.monotonic()) or real(self, task, n))
+    started = time.monotonic()
+    fetch(http_server.url("/x.txt"), hashlib.sha1(body).hexdigest(), tmp_path, **FAST)
+    gaps = [b - a for a, b in zip([started] + advances, advances)]
+    assert len(advances) >= 3 and max(gaps) < 1.0, gaps
+
+
+@pytest.mark.parametrize("sha1", ["xyz", BODY_SHA1[:-1], BODY_SHA1 + "0", "g" * 40])
+def test_a_malformed_sha1_is_refused_before_any_request(http_server, tmp_path, sha1):
+    http_server.routes["/x.txt"] = [("ok", BODY)]
+    with pytest.raises(ConfigError, match="must be 40 hexadecimal digits"):
+        fetch(http_server.url("/x.txt"), sha1, tmp_path / "cache", **FAST)
+    assert http_server.hits == [] and not (tmp_path / "cache").exists()
+
+
+def test_temp_files_of_a_killed_download_are_removed_by_the_next(http_server, tmp_path):
+    (tmp_path / ".x.txt.k1ll3d.tmp").write_bytes(BODY[:1000])
+    (tmp_path / ".other.txt.abc.tmp").write_bytes(b"another file's download")
+    http_server.routes["/x.txt"] = [("ok", BODY)]
+    fetch(http_server.url("/x.txt"), BODY_SHA1, tmp_path, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.txt.abc.tmp", "x.txt"]

@@ -1,14 +1,19 @@
-"""Atomic writes and writable directories."""
+"""Atomic writes, writable directories, whole-line appends, strict JSON and locks."""
 
 from __future__ import annotations
 
+import errno
+import json
+import math
 import os
 import stat
+import sys
 
 import pytest
 
-from bpttcli.errors import BpttError, DownloadError
-from bpttcli.fsutil import atomic_open, atomic_write_bytes, atomic_write_text, ensure_dir
+from bpttcli.errors import BpttError, CheckpointError, DownloadError, WriteError
+from bpttcli.fsutil import (Locked, append_line, atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                            ensure_dir, exclusive_lock, remove_stale_temps, to_json)
 
 
 def mode(path) -> int:
@@ -74,3 +79,60 @@ def test_ensure_dir_reports_unwritable_paths(tmp_path, error):
     with pytest.raises(error) as info:
         ensure_dir(blocker / "sub", error)
     assert str(blocker / "sub") in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ whole lines, strict JSON, locks
+def test_append_line_cuts_a_failed_write_back_off(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    append_line(path, '{"step": 1}')
+    real_write, calls = os.write, []
+
+    def full_after_a_few_bytes(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:5]))  # a short write, as a filling disk gives
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(os, "write", full_after_a_few_bytes)
+    with pytest.raises(WriteError, match=rf"cannot write {path}: File too large \(EFBIG\)") as caught:
+        append_line(path, '{"step": 2, "loss": 1.5}')
+    assert "\n" not in str(caught.value) and isinstance(caught.value, CheckpointError)
+    assert path.read_text() == '{"step": 1}\n'  # no torn line
+
+
+def test_atomic_writes_name_the_file_and_the_errno(tmp_path, monkeypatch):
+    (tmp_path / "out.txt").write_text("old")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(WriteError, match="out.txt: No space left on device \\(ENOSPC\\)"):
+        atomic_write_text(tmp_path / "out.txt", "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"] and (tmp_path / "out.txt").read_text() == "old"
+
+
+def test_json_is_strict_with_null_for_non_finite_numbers(tmp_path):
+    value = {"ppl": math.inf, "loss": -math.inf, "norms": [1.0, math.nan], "pair": (math.nan, 2), "n": 3}
+    text = to_json(value)
+    assert json.loads(text, parse_constant=pytest.fail) == {"ppl": None, "loss": None, "norms": [1.0, None],
+                                                             "pair": [None, 2], "n": 3}
+    atomic_write_json(tmp_path / "a.json", value)
+    assert json.loads((tmp_path / "a.json").read_text(), parse_constant=pytest.fail)["ppl"] is None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX locks")
+def test_an_exclusive_lock_refuses_a_second_holder_and_goes_away(tmp_path):
+    path = tmp_path / ".lock"
+    with exclusive_lock(path):
+        assert path.read_text().strip() == str(os.getpid())
+        with pytest.raises(Locked) as caught:
+            with exclusive_lock(path):
+                pass
+        assert caught.value.holder == str(os.getpid())
+    assert not path.exists()
+    with exclusive_lock(path, wait=True):  # free again
+        pass
+
+
+def test_remove_stale_temps_keeps_other_files(tmp_path):
+    for name in (".last.pt.abc.tmp", ".metrics.jsonl.x.tmp", "last.pt", "notes.tmp"):
+        (tmp_path / name).write_text("x")
+    remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
+from bpttcli.errors import CheckpointError
 from bpttcli.runlog import RunLog, clip_rate, perplexity
 
 
@@ -99,3 +101,39 @@ def test_perplexity_and_clip_rate():
     assert perplexity(1000.0) == math.inf and math.isclose(perplexity(1.0), math.e)
     norms = torch.tensor([0.5, 1.5, 2.0, 0.1])
     assert clip_rate(norms, 1.0) == 0.5 and clip_rate(norms, 0.0) == 0.0
+
+
+def strict(text: str) -> list[dict]:
+    """Parse JSON lines, failing on NaN or Infinity (which no JSON parser but Python's accepts)."""
+    return [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+            for line in text.splitlines()]
+
+
+def test_an_overflowing_perplexity_is_written_as_null(tmp_path):
+    log = RunLog(tmp_path / "metrics.jsonl", clip=1.0)
+    record(log, [8000.0], [0.5])  # loss 800 per character: a finite loss, an infinite perplexity
+    log.flush(position(1), 0.1, 1.0)
+    log.record_eval(position(1), 800.0, 1.0)
+    train_line, eval_line = strict(log.path.read_text())
+    assert train_line["loss"] == 800.0 and train_line["ppl"] is None
+    assert eval_line["val_ppl"] is None and eval_line["best_val_ppl"] is None
+
+
+def test_rewind_refuses_a_damaged_line_before_rewriting_anything(tmp_path):
+    log = RunLog(tmp_path / "metrics.jsonl", clip=1.0)
+    log.record_eval(position(1), 1.0, 0.1)
+    log.record_eval(position(2), 1.0, 0.2)
+    damaged = log.path.read_bytes().replace(b'"eval"', b'"ev\xffl"', 1)  # an invalid UTF-8 byte in line 1
+    log.path.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match="metrics.jsonl line 1 is damaged"):
+        log.rewind()
+    assert log.path.read_bytes() == damaged
+
+
+def test_rewind_ignores_a_torn_line_after_the_checkpoint(tmp_path):
+    log = RunLog(tmp_path / "metrics.jsonl", clip=1.0)
+    log.record_eval(position(1), 1.0, 0.1)
+    with open(log.path, "ab") as f:
+        f.write(b'{"kind": "ev')  # what a kill -9 in the middle of a line would leave
+    log.rewind()
+    assert [e["step"] for e in lines(log)] == [1]

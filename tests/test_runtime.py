@@ -1,22 +1,20 @@
-"""bpttcli.runtime: device choice, seeding, the Ctrl-C hook and the allocator."""
+"""bpttcli.runtime: device choice, seeding, the allocator and the memory estimate."""
 
 from __future__ import annotations
 
 import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from bpttcli.config import Device
+from bpttcli.config import Device, load_config
 from bpttcli.errors import ConfigError
-from bpttcli.runtime import on_sigint, resolve_device, seed_everything, tune_allocator
+from bpttcli.runtime import check_memory, recurrent_parameters, resolve_device, seed_everything, tune_allocator
 
 
 @pytest.fixture
@@ -53,29 +51,6 @@ def test_seeding_repeats_weights_and_data_draws():
     (w1, d1), (w2, d2), (w3, d3) = draws
     assert torch.equal(w1, w2) and torch.equal(d1, d2)
     assert not torch.equal(w1, w3) and not torch.equal(d1, d3)
-
-
-def test_on_sigint_routes_ctrl_c_and_puts_the_old_handler_back():
-    seen, before = [], signal.getsignal(signal.SIGINT)
-    with on_sigint(lambda signum, frame: seen.append(signum)):
-        signal.raise_signal(signal.SIGINT)
-    assert seen == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is before
-
-
-def test_on_sigint_outside_the_main_thread_leaves_signals_alone():
-    errors = []
-
-    def body() -> None:
-        try:
-            with on_sigint(lambda signum, frame: None):
-                pass
-        except ValueError as exc:  # signal.signal() outside the main thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    assert errors == []
 
 
 MALLOC_PROBE = """
@@ -131,3 +106,21 @@ def test_flush_denormals_makes_cpu_arithmetic_treat_them_as_zero():
 
     flush_denormals()
     assert float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
+
+
+@pytest.mark.parametrize("flags, says", [
+    ({"model.hidden": 1_000_000}, "model.hidden=1000000 with model.layers=1 needs ~"),
+    ({"model.hidden": 10**200}, "model.hidden=1000000000"),
+    ({"data.batch_size": 10**8, "strategy.tau": 10**8}, "of activations (data.batch_size=100000000, strategy.tau="),
+])
+def test_a_model_that_cannot_fit_is_refused_in_one_short_line(flags, says):
+    with pytest.raises(ConfigError, match="more than the .* here; lower") as caught:
+        check_memory(load_config(None, flags), torch.device("cpu"))
+    assert says in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_the_memory_estimate_passes_real_models():
+    for flags in ({}, {"model.cell": "lstm", "model.hidden": 1024, "model.layers": 3, "optim.optimizer": "adam"}):
+        check_memory(load_config(None, flags), torch.device("cpu"))
+    two_layers = load_config(None, {"model.hidden": 4, "model.layers": 2})
+    assert recurrent_parameters(two_layers) == 4 * (4 + 2) + 4 * (2 * 4 + 2)  # W_hh and biases; then W_ih too

@@ -182,3 +182,32 @@ def test_pick_leaves_the_callers_logits_alone():
     logits = torch.tensor([0.5, 2.0, 1.0, 0.25])
     pick(logits, 1.0, 2, False, torch.Generator().manual_seed(0), 0.9)
     assert logits.tolist() == [0.5, 2.0, 1.0, 0.25]  # <unk> and the top-k cut were written into them
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--temperature", "nan"), "--temperature must be a number in [0.0001, 10000]"),
+    (("--temperature", "inf"), "--temperature must be a number in [0.0001, 10000]"),
+    (("--temperature", "1e308"), "--temperature must be a number in [0.0001, 10000]"),
+    (("--temperature", "1e-300"), "--temperature must be a number in [0.0001, 10000]"),
+    (("--seed", 2**63), "--seed must be an integer in [0, 2^63)"),
+    (("--seed", -1), "--seed must be an integer in [0, 2^63)"),
+])
+def test_values_that_used_to_crash_are_one_line_errors(bptt_error, letters_run, args, says):
+    assert says in bptt_error("sample", letters_run, *args, code=2, alone=True)
+
+
+def test_the_temperature_range_samples(letters_run):
+    for temperature in (1e-4, 1e4):
+        assert len(generate(letters_run, length=20, seed=0, temperature=temperature)) == 21
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: p.update(vocab=[1, 2, 3]), "damaged vocabulary"),
+    (lambda p: p["config"]["model"].update(hidden=-4), "does not hold a bptt model (model.hidden must be > 0"),
+], ids=["vocab-of-ints", "invalid-config"])
+def test_a_damaged_checkpoint_is_one_line_naming_it(bptt_error, letters_run, tmp_path, damage, says):
+    payload = checkpoint.load(letters_run / "best.pt")
+    damage(payload)
+    checkpoint.save(payload, tmp_path / "bad.pt")
+    line = bptt_error("sample", tmp_path / "bad.pt", code=5, alone=True)
+    assert says in line and str(tmp_path / "bad.pt") in line
