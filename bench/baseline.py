@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpttcli.data import RandomWindows, SequentialStreams
+from bpttcli.data import make_batcher
 from bpttcli.strategies import StrategyName, make_strategy
 
 MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -55,9 +55,8 @@ class BaselineLoop:
         self.device = device
         self.net = BuiltinLM(cell, vocab_size, hidden).to(device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr)
-        random_windows = StrategyName(strategy) is StrategyName.full
-        self.batcher = (RandomWindows(tokens, batch_size, self.generator) if random_windows
-                        else SequentialStreams(tokens, batch_size, tau, self.generator))
+        sequential = StrategyName(strategy) is not StrategyName.full
+        self.batcher = make_batcher(tokens, batch_size, tau, self.generator, sequential)
         self.strategy = make_strategy(StrategyName(strategy), tau, self.batcher.carries_state)
         self.batch_size = batch_size
         self.batcher.start_epoch()

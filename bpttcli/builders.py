@@ -6,12 +6,13 @@ training loop to load a corpus or a trained model.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from . import checkpoint, tokencache
-from .config import Config, OptimizerName, from_dict
+from .config import Config, LrSchedule, OptimConfig, OptimizerName, from_dict
 from .data import Dataset, split_dataset
 from .download import fetch
 from .errors import CheckpointError, ConfigError, reason
@@ -65,6 +66,13 @@ def build_optimizer(config: Config, model: CharRNN) -> torch.optim.Optimizer:
     if o.optimizer is OptimizerName.adam:
         return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def scheduled_lr(o: OptimConfig, done: float) -> float:
+    """The learning rate once `done` of the token budget is trained: the base rate, or its cosine annealing."""
+    if o.schedule is LrSchedule.constant:
+        return o.lr
+    return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
 def load_trained(target: Path, which: str = "best") -> tuple[Config, CharRNN, Vocab, Path]:

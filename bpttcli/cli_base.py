@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import functools
 import sys
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -88,3 +89,8 @@ def default(key: str) -> str:
     value = functools.reduce(getattr, key.split("."), DEFAULTS)
     text = value.value if isinstance(value, enum.Enum) else f"{value:g}" if isinstance(value, float) else value
     return f" [dim]\\[default: {text}][/]"
+
+
+def option_flags(keys: dict[str, str], options: dict) -> dict:
+    """{config key: value} for the options given (None: not given), paths as strings."""
+    return {key: str(v) if isinstance(v, Path) else v for name, key in keys.items() if (v := options[name]) is not None}

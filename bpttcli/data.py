@@ -176,6 +176,13 @@ class RandomWindows:
         self.cursor = state["cursor"]
 
 
+def make_batcher(tokens, batch_size: int, tau: int, generator: torch.Generator, sequential: bool):
+    """The batches of an epoch: sequential streams that carry the state, or independent random windows."""
+    if sequential:
+        return SequentialStreams(tokens, batch_size, tau, generator)
+    return RandomWindows(tokens, batch_size, generator)
+
+
 def eval_windows(tokens: torch.Tensor, batch_size: int, window: int):
     """Sequential windows over `tokens` for evaluation: every target predicted exactly once.
 

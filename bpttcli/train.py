@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
+from .announce import header
 from .averaging import WeightAverage
-from .builders import build_model, build_optimizer, load_dataset, prepare_process
-from .config import Config, LrSchedule, Partition, dump_yaml, to_dict
-from .data import RandomWindows, SequentialStreams, head
+from .builders import build_model, build_optimizer, load_dataset, prepare_process, scheduled_lr
+from .config import Config, Partition, dump_yaml, to_dict
+from .data import head, make_batcher
 from .engine import Replay, evaluate
 from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, WriteError, reason
 from .fsutil import atomic_write_text, ensure_dir
@@ -22,11 +23,10 @@ from .model import detach_state
 from .runlog import RunLog, kept_lines
 from .rundir import (absolute, check_new_run_dir, check_same_corpus, corpus_record, default_run_dir, hold_run_dir,
                      load_resume)
-from .runtime import activation_bytes
 from .signals import StopSignals, name
 from .strategies import make_strategy
 from .tensorboard_log import TensorBoardLog
-from .ui import LiveView, compact, plural
+from .ui import LiveView
 from .vocab import Vocab
 
 
@@ -50,14 +50,13 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model)
         self.average = WeightAverage(self.model, config.optim.average)
         d, s = config.data, config.strategy
-        self.batcher = (SequentialStreams(self.data.train, d.batch_size, s.tau, self.generator)
-                        if d.partition is Partition.sequential else RandomWindows(self.data.train, d.batch_size, self.generator))
+        self.batcher = make_batcher(self.data.train, d.batch_size, s.tau, self.generator,
+                                    d.partition is Partition.sequential)
         self.strategy = make_strategy(s.name, s.tau, self.batcher.carries_state, s.schedule, s.alpha, s.floor, s.k2)
         self.replay = Replay()  # the context of TBPTT's segments
         self.norm = d.batch_size * s.tau
-        self.total_tokens = config.train.epochs * self.batcher.steps_per_epoch * d.batch_size
-        if config.train.max_tokens:
-            self.total_tokens = min(self.total_tokens, config.train.max_tokens)
+        epochs_tokens = config.train.epochs * self.batcher.steps_per_epoch * d.batch_size
+        self.total_tokens = min(epochs_tokens, config.train.max_tokens or epochs_tokens)
         self.updates, self.epoch, self.tokens, elapsed = 0, 0, 0, 0.0
         self.log = RunLog(run_dir / "metrics.jsonl", config.optim.clip)
         self.stop = StopSignals()  # SIGINT, SIGTERM, SIGHUP: finish the update, save, exit 128 + signal
@@ -89,16 +88,13 @@ class Trainer:
                 else:
                     self._finish()
         except WriteError as exc:
-            raise WriteError(f"{exc}; then {self._restart()}") from None
+            then = (f"resume with: bptt train --resume {self.run_dir}" if (self.run_dir / "last.pt").exists()
+                    else f"start again with --run-dir {self.run_dir}")
+            raise WriteError(f"{exc}; then {then}") from None
         if stopped:
             raise Interrupted(f"interrupted ({name(stopped)}) at step {self.updates}; checkpoint saved; "
                               f"resume with: bptt train --resume {self.run_dir}", stopped)
         return self.summary()
-
-    def _restart(self) -> str:
-        if (self.run_dir / "last.pt").exists():
-            return f"resume with: bptt train --resume {self.run_dir}"
-        return f"start again with --run-dir {self.run_dir}"
 
     def step(self) -> bool:
         """One update, with its log line and evaluation when due; False (and nothing done) once the run is over."""
@@ -169,11 +165,7 @@ class Trainer:
         self.view.advance(y.numel(), step=self.updates, epoch=self.epoch + 1)
 
     def learning_rate(self) -> float:
-        """The base rate, or its cosine annealing over the token budget (epochs, or max_tokens if smaller)."""
-        o = self.config.optim
-        if o.schedule is LrSchedule.constant:
-            return o.lr
-        return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, self.tokens / self.total_tokens)))
+        return scheduled_lr(self.config.optim, self.tokens / self.total_tokens)
 
     def _finish(self) -> None:
         """Log the partial interval and validate; last.pt resumes from before both, so a resume never doubles them."""
@@ -202,8 +194,7 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Stop on a non-finite loss or gradient; the last checkpoint on disk stays the last good one."""
-        where = self.log.first_nonfinite(self.updates)
-        if where:
+        if where := self.log.first_nonfinite(self.updates):
             self._diverged(where)
 
     def _diverged(self, where: str) -> None:
@@ -220,16 +211,11 @@ class Trainer:
         self._show()
 
     def _show(self) -> None:
-        line = self.log.stats_line()
-        if line:
+        if line := self.log.stats_line():
             self.view.stats(line)
 
     def _evaluate(self) -> bool:
-        """Write an eval line with the validation perplexity; True when it is the best so far.
-
-        Each evaluation predicts the same first train.eval_tokens characters of the validation split
-        (all of them if 0); the line's val_chars says how many.
-        """
+        """An eval line on the first train.eval_tokens validation characters (all if 0); True if the best so far."""
         c = self.config
         self.log.evaluated_at = self.updates
         val = head(self.data.val, c.train.eval_tokens)
@@ -292,33 +278,9 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not match this model or version: {reason(exc)}") from None
 
     def _announce(self) -> None:
-        c, b, o = self.config, self.batcher, self.config.optim
         params = sum(p.numel() for p in self.model.parameters())
-        self.view.print(
-            f"[bold]{c.strategy.name.value}[/] BPTT, tau {c.strategy.tau} · {c.model.cell.value.upper()}-"
-            f"{c.model.hidden}x{c.model.layers}, {compact(params)} params · {o.optimizer.value} lr {o.lr:g} "
-            f"{o.schedule.value}, clip {o.clip:g} · {self.device.type}\n"
-            f"data: {compact(len(self.data.train))} train / {compact(len(self.data.val))} val chars · vocab "
-            f"{len(self.data.vocab)} · {c.data.batch_size} {c.data.partition.value} streams of "
-            f"{compact(b.steps_per_epoch)}\n"
-            f"budget: {budget(c)} · run: {self.run_dir}" + (f" · resuming at step {self.updates}" if self.updates else "")
-        )
-        if self.strategy.whole_epoch:
-            mib = activation_bytes(c, b.steps_per_epoch) / 2**20
-            self.view.print(
-                f"full BPTT over the whole epoch: one update per epoch, ~{mib:,.1f} MiB of activations"
-                + (" (--recompute: ~sqrt of that)" if c.train.recompute else "")
-            )
-
-
-def budget(config: Config) -> str:
-    """What stops the run, e.g. '20 epochs or 300 s': epochs and whichever limits are set."""
-    t = config.train
-    limits = [plural(t.epochs, "epoch")]
-    limits += [f"{plural(t.max_steps, 'step')}"] if t.max_steps else []
-    limits += [f"{compact(t.max_tokens)} chars"] if t.max_tokens else []
-    limits += [f"{t.max_time:g} s"] if t.max_time else []
-    return " or ".join(limits)
+        self.view.print(header(self.config, params, self.device, self.data, self.batcher.steps_per_epoch,
+                               self.run_dir, self.updates, self.strategy.whole_epoch))
 
 
 def _start(trainer: Trainer) -> dict:
