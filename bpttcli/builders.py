@@ -51,7 +51,7 @@ def load_dataset(config: Config, vocab: Vocab | None = None, quiet: bool = False
     With `vocab`, the ids are in that vocabulary (characters outside it become <unk>), else in the corpus's own.
     """
     _, prepared = load_prepared(config, vocab, quiet)
-    tokens = torch.from_numpy(prepared.tokens)
+    tokens = torch.from_numpy(prepared.tokens)[: config.data.max_chars or None]
     return split_dataset(prepared.vocab, tokens, config.data.batch_size, config.strategy.tau, config.data.val_fraction)
 
 

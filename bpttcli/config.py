@@ -59,6 +59,7 @@ class DataConfig:
     sha1: str = DEFAULT_SHA1
     data_dir: str | None = None  # downloads and the prepared token cache; None means $BPTT_DATA_DIR or ./data
     preprocess: Preprocess = Preprocess.letters
+    max_chars: int = 0  # only the first N characters of the preprocessed text (the book's max_tokens); 0 = all
     val_fraction: float = 0.1
     partition: Partition = Partition.sequential
     batch_size: int = 32
@@ -338,6 +339,7 @@ def validate(c: Config) -> Config:
     check_sha1(c.data.sha1, "data.sha1")
     _check(c.data.batch_size > 0, "data.batch_size", "> 0", c.data.batch_size)
     _check(0 <= c.data.val_fraction < 1, "data.val_fraction", "in [0, 1)", c.data.val_fraction)
+    _check(c.data.max_chars >= 0, "data.max_chars", ">= 0 (0 = the whole text)", c.data.max_chars)
     _check(c.model.hidden > 0, "model.hidden", "> 0", c.model.hidden)
     _check(c.model.layers > 0, "model.layers", "> 0", c.model.layers)
     _check(0 <= c.model.dropout < 1, "model.dropout", "in [0, 1)", c.model.dropout)

@@ -16,6 +16,7 @@ CHUNK = 1 << 22  # bytes per read: what preparation holds in memory at a time, w
 class Preprocess(str, enum.Enum):
     letters = "letters"  # the book's: every run of non-letters becomes one space, then lowercase
     raw = "raw"  # every Unicode character kept, case and newlines included
+    lines = "lines"  # d2l's own: each line's non-letters become spaces, stripped, lowercased; lines joined as they are
 
 
 _NON_LETTERS = re.compile(r"[^A-Za-z]+")
@@ -23,8 +24,11 @@ _NON_LETTERS = re.compile(r"[^A-Za-z]+")
 
 def preprocess(text: str, mode: Preprocess) -> str:
     """The reference definition of the modes (prepare.py applies the same to a file, chunk by chunk)."""
-    if Preprocess(mode) is Preprocess.letters:
+    mode = Preprocess(mode)
+    if mode is Preprocess.letters:
         return _NON_LETTERS.sub(" ", text).lower()
+    if mode is Preprocess.lines:
+        return "".join(_NON_LETTERS.sub(" ", line).strip().lower() for line in text.split("\n"))
     return text
 
 

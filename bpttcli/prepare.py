@@ -11,7 +11,8 @@ Two passes over the file (`corpus.read_chunks`), each holding one chunk in memor
 character included) is a non-letter, so a byte table (A-Z -> a-z, a-z kept, anything else ->
 space), then dropping every space that follows a space (carried across chunks), gives exactly
 `corpus.preprocess(text, letters)`. `raw` works on the decoded text's code points, with a table
-over all of Unicode (1.1M entries).
+over all of Unicode (1.1M entries). `lines` (d2l's tokenisation) works on the decoded text a line at
+a time, the line still open at a chunk's end waiting for the next chunk.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .corpus import CHUNK, Preprocess, read_chunks
+from .corpus import CHUNK, Preprocess, preprocess, read_chunks
 
 SPACE = ord(" ")
 UNICODE = 0x110000  # code points
@@ -56,6 +57,31 @@ class Letters:
             self.after_space = bool(space[-1])
         return mapped[keep]
 
+    def finish(self) -> np.ndarray:
+        return np.zeros(0, np.uint8)
+
+
+class Lines:
+    """`lines` over consecutive chunks of decoded text: each whole line preprocessed, then joined (uint8)."""
+
+    size = 256
+
+    def __init__(self):
+        self.open_line = ""  # the text after the last newline so far
+
+    def __call__(self, data: bytes, text: str) -> np.ndarray:
+        *lines, self.open_line = (self.open_line + text).split("\n")
+        return self._points("\n".join(lines))
+
+    def finish(self) -> np.ndarray:
+        """The last line (the file need not end in a newline)."""
+        line, self.open_line = self.open_line, ""
+        return self._points(line)
+
+    @staticmethod
+    def _points(text: str) -> np.ndarray:
+        return np.frombuffer(preprocess(text, Preprocess.lines).encode("ascii"), np.uint8)
+
 
 class Raw:
     """`raw` over consecutive chunks of decoded text: its code points."""
@@ -67,17 +93,24 @@ class Raw:
             return np.frombuffer(text.encode("ascii"), np.uint8)
         return np.frombuffer(text.encode("utf-32-le"), np.uint32)
 
+    def finish(self) -> np.ndarray:
+        return np.zeros(0, np.uint8)
 
-def code_points(path: Path, step: Letters | Raw, advance: Advance, chunk: int = CHUNK, checked: bool = False):
+
+Step = Letters | Lines | Raw  # one preprocessing mode over consecutive chunks
+
+
+def code_points(path: Path, step: Step, advance: Advance, chunk: int = CHUNK, checked: bool = False):
     """The text of `path` preprocessed by `step`, as arrays of code points, a chunk at a time; `advance(bytes read)`
     after each. With `checked` (a second pass), `letters` does not decode the text again: it only needs the bytes."""
     for data, text in read_chunks(path, chunk, decode=not (checked and isinstance(step, Letters))):
         yield step(data, text)
         advance(len(data))
+    yield step.finish()
 
 
-def _step(mode: Preprocess) -> Letters | Raw:
-    return Letters() if Preprocess(mode) is Preprocess.letters else Raw()
+def _step(mode: Preprocess) -> Step:
+    return {Preprocess.letters: Letters, Preprocess.lines: Lines, Preprocess.raw: Raw}[Preprocess(mode)]()
 
 
 def _add_counts(counts: np.ndarray, points: np.ndarray, block: int = 1 << 20) -> None:

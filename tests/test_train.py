@@ -436,3 +436,25 @@ def test_validation_covers_the_same_first_eval_tokens_characters_each_time(corpu
     assert [r["val_chars"] for r in bounded] == [9, 9]
     _, model, _, _ = load_trained(tmp_path / "nine", "last")
     assert bounded[-1]["val_loss"] == evaluate(model, val[:10], 2, 5) != whole[-1]["val_loss"]
+
+
+def test_max_chars_trains_on_the_first_characters_only(corpus, tmp_path):
+    """data.max_chars keeps the first N preprocessed characters, as the book's max_tokens does (its vocabulary
+    still the whole text's)."""
+    from bpttcli.builders import load_dataset
+
+    whole = load_dataset(config(corpus))
+    first = load_dataset(config(corpus, data__max_chars=120, data__val_fraction=0.0))
+    assert len(first.train) == 120 and torch.equal(first.train, torch.cat([whole.train, whole.val])[:120])
+    assert first.vocab == whole.vocab
+
+
+@pytest.mark.parametrize("name, partition", [("d2l.yaml", "sequential"), ("d2l-random.yaml", "random")])
+def test_the_books_configs_are_the_books_setup(name, partition):
+    from pathlib import Path
+
+    c = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert (c.data.preprocess.value, c.data.max_chars, c.data.val_fraction, c.data.partition.value) == (
+        "lines", 10000, 0.0, partition)
+    assert (c.model.cell.value, c.model.hidden, c.data.batch_size, c.strategy.tau, c.optim.lr, c.train.epochs) == (
+        "rnn", 512, 32, 35, 1.0, 500)
