@@ -19,15 +19,9 @@ from bpttcli.builders import load_dataset, load_trained
 from bpttcli.engine import evaluate
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
+from tiny_run import TEXT, TIMING, TINY, TINY_ARGS, config, signalled, write_corpus
 
-TEXT = (
-    "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
-    "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n"
-) * 2
-TIMING = ("tokens_per_s", "elapsed")
-TINY = {"model.hidden": 16, "data.batch_size": 2, "strategy.tau": 5, "train.log_every": 4,
-        "train.eval_every": 6, "train.device": "cpu"}
-TINY_ARGS = ("--hidden", 16, "-b", 2, "-t", 5, "--device", "cpu", "-q")
+TINY_ARGS = (*TINY_ARGS, "-q")
 N = 20  # steps of the uninterrupted reference runs
 VARIANTS = {
     "sequential-truncated": {},
@@ -50,14 +44,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
-def config(corpus, **flags):
-    """A tiny run's config; `flags` use '__' for '.', e.g. train__max_steps=20."""
-    return load_config(None, {**TINY, "data.path": str(corpus), **{k.replace("__", "."): v for k, v in flags.items()}})
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def metrics(run_dir, timing: bool = False) -> list[dict]:
@@ -180,14 +167,9 @@ def test_ctrl_c_on_the_cli_then_resume_matches_an_uninterrupted_run(corpus, tmp_
     run = tmp_path / "run"
     command = [sys.executable, "-c", "from bpttcli.cli import main; main()", "train", "--data", str(corpus),
                *map(str, TINY_ARGS), "--max-steps", "100000", "--log-every", "5", "--eval-every", "6", "--run-dir", str(run)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 60
-    while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    done = signalled(command, run, signal.SIGINT)
+    err = done.stderr
+    assert done.returncode == 130, err
     assert f"checkpoint saved; resume with: bptt train --resume {run}" in err and "Traceback" not in err
     stopped = checkpoint.load(run / "last.pt")["step"]
     resume(run, {"train.max_steps": stopped + 7, "train.log_every": 5}, quiet=True)
@@ -402,14 +384,9 @@ def test_sigterm_saves_a_checkpoint_and_says_so(corpus, tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "bpttcli", "train", "--data", str(corpus), *map(str, TINY_ARGS),
                "--max-steps", "100000", "--eval-every", "6", "--run-dir", str(run)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 60
-    while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "interrupted (SIGTERM) at step" in err and "Traceback" not in err, err
+    done = signalled(command, run, signal.SIGTERM)
+    err = done.stderr
+    assert done.returncode == 143 and "interrupted (SIGTERM) at step" in err and "Traceback" not in err, err
     assert checkpoint.load(run / "last.pt")["summary"]["stop_reason"] == "interrupted"
 
 

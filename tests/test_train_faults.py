@@ -19,28 +19,14 @@ from bpttcli import checkpoint
 from bpttcli.config import load_config, read_yaml
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
+from tiny_run import TEXT, TIMING, TINY, TINY_ARGS, config, write_corpus
 
-TEXT = (
-    "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
-    "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n"
-) * 2
-TIMING = ("tokens_per_s", "elapsed")
-TINY = {"model.hidden": 16, "data.batch_size": 2, "strategy.tau": 5, "train.log_every": 4,
-        "train.eval_every": 6, "train.device": "cpu"}
-TINY_ARGS = ("--hidden", 16, "-b", 2, "-t", 5, "--device", "cpu")
 ENDLESS = ("--max-steps", 100_000, "--epochs", 10**6)  # a run that only a signal or a fault ends
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
-def config(corpus, **flags):
-    """A tiny run's config; `flags` use '__' for '.', e.g. train__max_steps=20."""
-    return load_config(None, {**TINY, "data.path": str(corpus), **{k.replace("__", "."): v for k, v in flags.items()}})
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def metrics(run_dir) -> list[dict]:

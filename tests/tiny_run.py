@@ -1,0 +1,42 @@
+"""The tiny training run that the train tests share: its text, settings, config and a signalled subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bpttcli.config import load_config
+
+TEXT = (
+    "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
+    "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n"
+) * 2
+TIMING = ("tokens_per_s", "elapsed")  # metrics that differ from run to run
+TINY = {"model.hidden": 16, "data.batch_size": 2, "strategy.tau": 5, "train.log_every": 4,
+        "train.eval_every": 6, "train.device": "cpu"}
+TINY_ARGS = ("--hidden", 16, "-b", 2, "-t", 5, "--device", "cpu")
+
+
+def write_corpus(directory) -> "os.PathLike":
+    path = directory / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def config(corpus, **flags):
+    """A tiny run's config; `flags` use '__' for '.', e.g. train__max_steps=20."""
+    return load_config(None, {**TINY, "data.path": str(corpus), **{k.replace("__", "."): v for k, v in flags.items()}})
+
+
+def signalled(command: list[str], run, signum: int, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `command` (a `bptt train` into `run`), send it `signum` once its metrics.jsonl exists, wait for it."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + timeout
+    while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
