@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 
 from .config import DEFAULT_SHA1, DEFAULT_URL, check_sha1  # the book: the config's default corpus
-from .errors import ConfigError, DownloadError, shown
+from .errors import DownloadError
 from .fsutil import atomic_open, ensure_dir, exclusive_lock, remove_stale_temps
 
 LOCAL_HINT = "train on a local copy with --data PATH"

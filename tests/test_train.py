@@ -19,7 +19,7 @@ from bpttcli.builders import load_dataset, load_trained
 from bpttcli.engine import evaluate
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
-from tiny_run import TEXT, TIMING, TINY, TINY_ARGS, config, signalled, write_corpus
+from tiny_run import TEXT, TIMING, TINY_ARGS, config, signalled, write_corpus
 
 TINY_ARGS = (*TINY_ARGS, "-q")
 N = 20  # steps of the uninterrupted reference runs

@@ -16,10 +16,10 @@ import time
 import pytest
 
 from bpttcli import checkpoint
-from bpttcli.config import load_config, read_yaml
+from bpttcli.config import read_yaml
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
-from tiny_run import TEXT, TIMING, TINY, TINY_ARGS, config, write_corpus
+from tiny_run import TEXT, TIMING, TINY_ARGS, config, write_corpus
 
 ENDLESS = ("--max-steps", 100_000, "--epochs", 10**6)  # a run that only a signal or a fault ends
 

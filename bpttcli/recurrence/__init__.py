@@ -13,7 +13,8 @@ buffers.py counts references once and copies where it cannot read them. Their te
 tests/test_recurrence_matmul.py and tests/test_recurrence_buffers.py.
 """
 
-from .cells import GATES, Cell, recur
+from ..choices import GATES, Cell
+from .cells import recur
 from .matmul import available_paths, path_for, use_path
 
 __all__ = ["Cell", "GATES", "recur", "available_paths", "path_for", "use_path"]

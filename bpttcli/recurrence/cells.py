@@ -24,7 +24,7 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), on
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y * (1 - y)
 
 
-from ..choices import GATES, Cell  # noqa: F401 (re-exported: Cell and GATES belong to the cells)
+from ..choices import Cell
 
 
 # ----------------------------------------------------------------------------------- helpers
