@@ -22,6 +22,8 @@ def trainer_config(data: Path, cell: str, hidden: int, strategy: str, device: st
         "data.path": str(data), "data.partition": PARTITION[strategy], "data.batch_size": batch,
         "model.cell": cell, "model.hidden": hidden, "strategy.name": strategy, "strategy.tau": steps,
         "optim.optimizer": "sgd", "optim.lr": 1.0, "optim.clip": 1.0, "train.epochs": 10**9,
+        "optim.weight_decay": 0.0, "optim.schedule": "constant", "optim.average": 0.0, "train.max_time": 0.0,
+        "model.weight_drop": 0.0, "model.locked_dropout": 0.0,
         "train.device": device, "train.eval_every": 0,
     })
 

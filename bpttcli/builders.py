@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, tokencache
-from .config import Config, LrSchedule, OptimConfig, OptimizerName, from_dict
+from .config import Config, LrSchedule, OptimConfig, OptimizerName, from_dict, saved_config
 from .data import Dataset, split_dataset
 from .download import fetch
 from .errors import CheckpointError, ConfigError, reason
@@ -80,7 +80,7 @@ def load_trained(target: Path, which: str = "best") -> tuple[Config, CharRNN, Vo
     path = checkpoint.resolve(target, which)
     payload = checkpoint.load(path)
     try:
-        config, vocab = from_dict(payload["config"]), Vocab.from_list(payload["vocab"])
+        config, vocab = from_dict(saved_config(payload["config"])), Vocab.from_list(payload["vocab"])
         model = build_model(config, len(vocab))
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:

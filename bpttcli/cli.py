@@ -176,7 +176,7 @@ def train(
 ) -> None:
     """Train a character-level RNN with full, truncated or randomized-truncation BPTT.
 
-    Defaults are those of a plain run; a --config file, then the options, then --set replace them. On a terminal a live view shows progress; in a log, a plain progress line every few seconds (--set train.progress_every=S).
+    Defaults are the main job's (configs/default.yaml writes them down); a --config file, then the options, then --set replace them. On a terminal a live view shows progress; in a log, a plain progress line every few seconds (--set train.progress_every=S).
 
     Example: [bold]bptt train --strategy random --schedule polytail --model gru --hidden 256 --epochs 5[/]
     """

@@ -67,19 +67,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    cell: Cell = Cell.rnn
+    cell: Cell = Cell.gru
     hidden: int = 512
     layers: int = 1
     dropout: float = 0.0
     embedding: int = 0  # 0 means one-hot input
-    weight_drop: float = 0.0  # DropConnect on W_hh, one mask per segment
-    locked_dropout: float = 0.0  # variational dropout: one mask per stream and segment, on every layer's output
+    weight_drop: float = 0.2  # DropConnect on W_hh, one mask per segment
+    locked_dropout: float = 0.25  # variational dropout: one mask per stream and segment, on every layer's output
     embed_dropout: float = 0.0  # drop whole rows of the embedding (needs model.embedding > 0)
 
 
 @dataclass
 class StrategyConfig:
-    name: StrategyName = StrategyName.truncated
+    name: StrategyName = StrategyName.random
     tau: int = 35  # τ: the nominal segment length (truncated's, random's mean) and the loss normaliser B·τ
     schedule: Schedule = Schedule.geometric
     alpha: float = 4.0  # polytail exponent
@@ -89,21 +89,21 @@ class StrategyConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: OptimizerName = OptimizerName.sgd
-    lr: float = 1.0
+    optimizer: OptimizerName = OptimizerName.adam
+    lr: float = 0.003
     clip: float = 1.0  # global L2 norm; 0 disables
-    weight_decay: float = 0.0
-    schedule: LrSchedule = LrSchedule.constant
-    average: float = 0.0  # decay of the weights' moving average used to validate, save best.pt and sample; 0 = off
+    weight_decay: float = 0.1
+    schedule: LrSchedule = LrSchedule.cosine
+    average: float = 0.999  # decay of the weights' moving average used to validate, save best.pt and sample; 0 = off
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 30
     max_steps: int = 0  # 0 means no limit
-    max_time: float = 0.0  # seconds; 0 means no limit
+    max_time: float = 300.0  # seconds; 0 means no limit
     max_tokens: int = 0  # training characters; 0 means no limit
-    eval_every: int = 200  # steps; 0 evaluates only at the end
+    eval_every: int = 300  # steps; 0 evaluates only at the end
     eval_tokens: int = 100_000  # validation characters each evaluation predicts (the same first ones); 0 = all
     log_every: int = 50
     seed: int = 0
@@ -204,6 +204,9 @@ def to_dict(config) -> dict:
 
 
 RENAMED_KEYS = {("strategy", "num_steps"): "tau"}  # keys of older configs and checkpoints
+# Keys added after a run may have been saved, with the value that run trained with (its regularisers off):
+# a saved config lacking them means that, not today's defaults (the main job's).
+ADDED_KEYS = {("model", "weight_drop"): 0.0, ("model", "locked_dropout"): 0.0, ("optim", "average"): 0.0}
 
 
 def _upgrade(values: dict) -> dict:
@@ -212,6 +215,16 @@ def _upgrade(values: dict) -> dict:
         node = values.get(section)
         if isinstance(node, dict) and old in node and new not in node:
             node[new] = node.pop(old)
+    return values
+
+
+def saved_config(values: dict) -> dict:
+    """A config saved by a run (config.yaml, a checkpoint): keys it predates filled with what it trained with."""
+    values = _upgrade(copy.deepcopy(values))
+    for (section, key), value in ADDED_KEYS.items():
+        node = values.get(section)
+        if isinstance(node, dict):
+            node.setdefault(key, value)
     return values
 
 

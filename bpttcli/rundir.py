@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import checkpoint
-from .config import Config, DataConfig, from_dict, load_config, to_dict
+from .config import Config, DataConfig, from_dict, load_config, saved_config, to_dict
 from .errors import CheckpointError, ConfigError, shown
 from .fsutil import Locked, exclusive_lock, remove_stale_temps, timestamped_dir, write_error
 from .tokencache import corpus_sha1
@@ -78,6 +78,7 @@ def resume_config(saved: dict, flags: dict | None = None, sets: list[str] = (), 
 
     With a recorded `corpus`, --data may name another path: its content is checked once it is read.
     """
+    saved = saved_config(saved)
     try:
         old = to_dict(from_dict(saved))
     except ConfigError as exc:

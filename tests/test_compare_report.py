@@ -71,7 +71,8 @@ def test_tables_and_markdown_with_and_without_gradient_quality():
 
 
 def test_describe_names_model_tau_batch_optimizer_and_budget():
-    config = load_config(None, {"model.cell": "gru", "model.hidden": 64, "strategy.tau": 20, "train.max_tokens": 50000})
+    config = load_config(None, {"model.cell": "gru", "model.hidden": 64, "strategy.tau": 20, "train.max_tokens": 50000,
+                                "optim.optimizer": "sgd", "optim.lr": 1.0, "train.max_time": 0})
     assert report.describe(config) == "GRU-64x1 · tau 20 · batch 32 · sgd lr 1 · 50.0k chars per run"
     config.train.max_time = 90.0
     assert report.describe(config).endswith("· 90 s per run")

@@ -34,7 +34,9 @@ def test_defaults():
     c = load_config()
     assert c == Config()
     assert c.data.val_fraction == 0.1 and c.data.preprocess is Preprocess.letters
-    assert c.data.partition is Partition.sequential and c.strategy.name is StrategyName.truncated
+    assert c.data.partition is Partition.sequential and c.strategy.name is StrategyName.random  # the main job's
+    main_job = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+    assert main_job == c  # the defaults are the main job: configs/default.yaml only writes them down
 
 
 def test_yaml_then_flags_then_set(tmp_path):

@@ -11,12 +11,13 @@ import pytest
 
 from bpttcli import runs
 from bpttcli.config import load_config
+from tiny_run import PLAIN
 from bpttcli.errors import Interrupted, TrainingDiverged
 from bpttcli.train import train
 
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us. "
         "His grey eyes shone and twinkled, and his usually pale face was flushed and animated.\n") * 2
-TINY = {"model.hidden": 16, "data.batch_size": 2, "strategy.tau": 5, "train.log_every": 4, "train.eval_every": 6,
+TINY = {**PLAIN, "model.hidden": 16, "data.batch_size": 2, "strategy.tau": 5, "train.log_every": 4, "train.eval_every": 6,
         "train.device": "cpu"}
 
 

@@ -122,5 +122,5 @@ def test_a_model_that_cannot_fit_is_refused_in_one_short_line(flags, says):
 def test_the_memory_estimate_passes_real_models():
     for flags in ({}, {"model.cell": "lstm", "model.hidden": 1024, "model.layers": 3, "optim.optimizer": "adam"}):
         check_memory(load_config(None, flags), torch.device("cpu"))
-    two_layers = load_config(None, {"model.hidden": 4, "model.layers": 2})
+    two_layers = load_config(None, {"model.cell": "rnn", "model.hidden": 4, "model.layers": 2})
     assert recurrent_parameters(two_layers) == 4 * (4 + 2) + 4 * (2 * 4 + 2)  # W_hh and biases; then W_ih too

@@ -11,6 +11,7 @@ import torch
 
 from bpttcli import checkpoint
 from bpttcli.config import load_config
+from tiny_run import PLAIN
 from bpttcli.corpus import preprocess
 from bpttcli.sample import Sampler, pick, sample
 from bpttcli.train import train
@@ -22,7 +23,7 @@ TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was e
 def tiny_run(root, preprocess: str, device: str = "cpu"):
     corpus = root / "tiny.txt"
     corpus.write_text(TEXT, encoding="utf-8")
-    flags = {"data.path": str(corpus), "data.preprocess": preprocess, "model.hidden": 16, "data.batch_size": 2,
+    flags = {**PLAIN, "data.path": str(corpus), "data.preprocess": preprocess, "model.hidden": 16, "data.batch_size": 2,
              "strategy.tau": 5, "train.max_steps": 30, "train.eval_every": 10, "train.device": device}
     train(load_config(None, flags), root / "run", quiet=True)
     return root / "run"

@@ -20,7 +20,8 @@ from bpttcli.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 OLD = "fbccce0"  # the last commit before the restructure (config key strategy.num_steps, Trainer with its own metrics)
 TEXT = "the time traveller was expounding a recondite matter to us his grey eyes shone and twinkled " * 6
-SETTINGS = {"model.hidden": 16, "data.batch_size": 2, "train.log_every": 4, "train.eval_every": 6,
+SETTINGS = {"model.cell": "rnn", "optim.schedule": "constant", "train.epochs": 10, "train.max_time": 0,
+            "model.hidden": 16, "data.batch_size": 2, "train.log_every": 4, "train.eval_every": 6,
             "train.device": "cpu", "optim.optimizer": "adam", "optim.lr": 0.01, "optim.weight_decay": 0.1, "strategy.name": "random"}
 TIMING = ("tokens_per_s", "elapsed")
 ADDED = ("val_chars",)  # keys the old code's lines lack: eval lines now say how many characters they covered
@@ -60,5 +61,6 @@ def test_checkpoint_from_before_the_restructure_resumes_exactly(tmp_path):
     assert "num_steps" in (tmp_path / "run" / "config.yaml").read_text()  # really the old format
 
     resume(tmp_path / "run", {"train.max_steps": 20}, quiet=True)
-    train(load_config(None, {**flags, "strategy.tau": 5, "train.max_steps": 20}), tmp_path / "reference", quiet=True)
+    today = {"model.weight_drop": 0.0, "model.locked_dropout": 0.0, "optim.average": 0.0}  # keys the old code lacked
+    train(load_config(None, {**flags, **today, "strategy.tau": 5, "train.max_steps": 20}), tmp_path / "reference", quiet=True)
     assert metrics(tmp_path / "run") == metrics(tmp_path / "reference")
