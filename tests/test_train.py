@@ -19,7 +19,7 @@ from bpttcli.builders import load_dataset, load_trained
 from bpttcli.engine import evaluate
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
-from tiny_run import TEXT, TIMING, TINY_ARGS, config, signalled, write_corpus
+from tiny_run import TEXT, TIMING, TINY_ARGS, Signals, config, signalled, write_corpus
 
 TINY_ARGS = (*TINY_ARGS, "-q")
 N = 20  # steps of the uninterrupted reference runs
@@ -135,28 +135,10 @@ def test_resume_with_more_epochs_continues_into_the_next_epoch(corpus, tmp_path)
     assert two[-1]["epoch"] == 1 and metrics(tmp_path / "one") == two
 
 
-class StopAt:
-    """A silent progress view that sends this process SIGINT once `tokens` characters are trained."""
-
-    def __init__(self, tokens: int):
-        self.left = tokens
-
-    def advance(self, amount: float = 1, **fields) -> None:
-        self.left -= amount
-        if self.left <= 0 < self.left + amount:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    def stats(self, text: str) -> None:
-        pass
-
-    def print(self, message: str) -> None:
-        pass
-
-
 def test_sigint_saves_a_checkpoint_that_resumes_exactly(corpus, tmp_path, reference):
     run = tmp_path / "run"
     with pytest.raises(Interrupted, match=f"at step 7; .*bptt train --resume {run}"):
-        train(config(corpus, train__max_steps=N), run, view=StopAt(70))
+        train(config(corpus, train__max_steps=N), run, view=Signals(70, signal.SIGINT))
     assert checkpoint.load(run / "last.pt")["step"] == 7
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     resume(run, quiet=True)

@@ -19,7 +19,7 @@ from bpttcli import checkpoint
 from bpttcli.config import read_yaml
 from bpttcli.errors import Interrupted
 from bpttcli.train import resume, train
-from tiny_run import TEXT, TIMING, TINY_ARGS, config, write_corpus
+from tiny_run import TEXT, TIMING, TINY_ARGS, Signals, SilentView, config, write_corpus
 
 ENDLESS = ("--max-steps", 100_000, "--epochs", 10**6)  # a run that only a signal or a fault ends
 
@@ -52,38 +52,6 @@ def wait_for(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
         assert proc.poll() is None, "the process ended early"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-class SilentView:
-    """A progress view that shows nothing and acts once `tokens` characters are trained."""
-
-    def __init__(self, tokens: int):
-        self.left = tokens
-
-    def advance(self, amount: float = 1, **fields) -> None:
-        self.left -= amount
-        if self.left <= 0 < self.left + amount:
-            self.act()
-
-    def act(self) -> None:
-        raise NotImplementedError
-
-    def stats(self, text: str) -> None:
-        pass
-
-    def print(self, message: str) -> None:
-        pass
-
-
-class Signals(SilentView):
-    """Sends this process `signum`, as a user or a scheduler would."""
-
-    def __init__(self, tokens: int, signum: int):
-        super().__init__(tokens)
-        self.signum = signum
-
-    def act(self) -> None:
-        os.kill(os.getpid(), self.signum)
 
 
 class CrashAt(SilentView):
