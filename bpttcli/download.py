@@ -21,7 +21,7 @@ from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 
 from .config import DEFAULT_SHA1, DEFAULT_URL, check_sha1  # the book: the config's default corpus
 from .errors import DownloadError
-from .fsutil import atomic_open, ensure_dir, exclusive_lock, remove_stale_temps
+from .fsutil import atomic_open, ensure_dir, exclusive_lock, remove_stale_temps, sha1_of
 
 LOCAL_HINT = "train on a local copy with --data PATH"
 WRITABLE_HINT = "choose a writable directory with --data-dir or $BPTT_DATA_DIR"
@@ -33,15 +33,6 @@ Timeout = float | tuple[float, float]
 def default_data_dir() -> Path:
     """The cache directory: $BPTT_DATA_DIR if set, else ./data."""
     return Path(os.environ.get("BPTT_DATA_DIR") or "data").expanduser()
-
-
-def sha1_of(path: Path) -> str:
-    """The hex SHA-1 of a file's bytes."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(

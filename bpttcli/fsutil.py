@@ -1,4 +1,4 @@
-"""Files that stay whole: atomic writes, whole-line appends, strict JSON, and exclusive locks.
+"""Files that stay whole: atomic writes, whole-line appends, strict JSON, exclusive locks; a file's SHA-1.
 
 Writes go to a temp file beside the target (`.<name>.<random>.tmp`), fsync, then rename; a failed
 write raises `WriteError` naming the file and the errno, and leaves the old file as it was.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import stat
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from .errors import BpttError, WriteError
 
@@ -34,6 +35,17 @@ def _file_mode(path: Path) -> int:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return 0o666 & ~_UMASK
+
+
+def sha1_of(path: Path, advance: Callable[[int], None] | None = None) -> str:
+    """The hex SHA-1 of a file's bytes, read in 1 MiB blocks; `advance(bytes)` after each block."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            if advance:
+                advance(len(block))
+    return h.hexdigest()
 
 
 def timestamped_dir(parent: str, suffix: str = "") -> Path:

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from .errors import ConfigError
-from .fsutil import atomic_open
+from .fsutil import atomic_open, write_error
 from .runs import read_metrics
 
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
@@ -99,9 +99,12 @@ def plot_lines(path: Path, series: list[Series], xlabel: str, ylabel: str, title
 
 
 def save(fig: Figure, path: Path, dpi: int = 120) -> None:
-    """Write `fig` as a PNG atomically: a reader never sees a half-written image."""
-    with atomic_open(Path(path), "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi)
+    """Write `fig` as a PNG atomically: a reader never sees a half-written image; a failed write is a WriteError."""
+    try:
+        with atomic_open(Path(path), "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
+    except OSError as exc:
+        raise write_error(Path(path), exc) from None
 
 
 # ------------------------------------------------------------------ curves of runs

@@ -34,7 +34,7 @@ from . import prepare
 from .corpus import CHUNK, Preprocess, check_file, unreadable
 from .download import default_data_dir
 from .errors import DataError
-from .fsutil import atomic_write_text, ensure_dir
+from .fsutil import atomic_write_text, ensure_dir, sha1_of
 from .ui import LiveView, compact, console
 from .vocab import Vocab
 
@@ -119,16 +119,11 @@ def _remember(root: Path, path: Path, stat: os.stat_result, sha1: str, read_at: 
 
 
 def _hash(path: Path, size: int, quiet: bool) -> str:
-    h = hashlib.sha1()
     with LiveView(f"hashing {path.name}", size, quiet or size < SHOW_HASHING, unit="B") as view:
         try:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-                    view.advance(len(block))
+            return sha1_of(path, view.advance)
         except OSError as exc:
             raise unreadable(path, exc) from None
-    return h.hexdigest()
 
 
 def _unchanged(path: Path, before: os.stat_result) -> None:

@@ -17,7 +17,8 @@ import typer
 from bpttcli import __version__, checkpoint
 from bpttcli.cli import app
 from bpttcli.data import min_corpus_length
-from bpttcli.download import DEFAULT_SHA1, sha1_of
+from bpttcli.download import DEFAULT_SHA1
+from bpttcli.fsutil import sha1_of
 
 
 def leaf_commands(command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from bpttcli.download import DEFAULT_SHA1, default_data_dir, fetch, sha1_of
+from bpttcli.download import DEFAULT_SHA1, default_data_dir, fetch
+from bpttcli.fsutil import sha1_of
 from bpttcli.errors import ConfigError, DownloadError
 
 BODY = bytes(range(256)) * 400  # 100 KiB, several chunks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import pytest
 
 from bpttcli.errors import BpttError, CheckpointError, DownloadError, WriteError
 from bpttcli.fsutil import (Locked, append_line, atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                            ensure_dir, exclusive_lock, remove_stale_temps, to_json)
+                            ensure_dir, exclusive_lock, remove_stale_temps, sha1_of, to_json)
 
 
 def mode(path) -> int:
@@ -136,3 +137,11 @@ def test_remove_stale_temps_keeps_other_files(tmp_path):
         (tmp_path / name).write_text("x")
     remove_stale_temps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]
+
+
+def test_sha1_of_reads_the_whole_file_and_reports_each_block(tmp_path):
+    data = bytes(range(256)) * 9000  # 2.2 MiB: three 1 MiB blocks
+    (tmp_path / "f").write_bytes(data)
+    seen = []
+    assert sha1_of(tmp_path / "f", seen.append) == hashlib.sha1(data).hexdigest()
+    assert seen == [1 << 20, 1 << 20, len(data) - (2 << 20)]

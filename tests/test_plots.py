@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 from matplotlib.figure import Figure
 
+from bpttcli.errors import WriteError
 from bpttcli.plots import Panel, Series, plot_lines, plot_panels
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,15 +34,16 @@ def test_mismatched_series_raises(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
-    def broken(self, handle, **kwargs):
-        handle.write(b"half a png")
-        raise OSError("disk full")
+def disk_full(self, handle, **kwargs):
+    handle.write(b"half a png")
+    raise OSError(errno.ENOSPC, "No space left on device")
 
+
+def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "keep.png"
     path.write_bytes(b"old")
-    monkeypatch.setattr(Figure, "savefig", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device \\(ENOSPC\\)"):
         plot_lines(path, [Series("a", [1, 2], [3, 4])], "x", "y")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
@@ -87,6 +91,13 @@ def test_plot_command_overlays_runs(bptt, two_runs, tmp_path):
     assert (tmp_path / "norms.png").read_bytes().startswith(PNG)
     bptt("plot", two_runs[0])  # defaults: val_ppl against chars, into the working directory
     assert (tmp_path / "val_ppl-vs-chars.png").read_bytes().startswith(PNG)
+
+
+def test_a_full_disk_while_plotting_is_one_line_exit_5(bptt_error, two_runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    line = bptt_error("plot", two_runs[0], "--out", tmp_path / "curve.png", code=5)
+    assert line.startswith(f"error: cannot write {tmp_path / 'curve.png'}: No space left on device (ENOSPC)")
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_plot_errors_are_one_line(bptt_error, two_runs, tmp_path):

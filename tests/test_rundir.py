@@ -15,7 +15,7 @@ import pytest
 from bpttcli import checkpoint
 from bpttcli.config import load_config, to_dict
 from bpttcli.errors import CheckpointError, ConfigError
-from bpttcli.download import sha1_of
+from bpttcli.fsutil import sha1_of
 from bpttcli.rundir import check_new_run_dir, check_same_corpus, corpus_record, hold_run_dir, resume_config
 from bpttcli.train import resume, train
 
