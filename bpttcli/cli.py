@@ -181,10 +181,12 @@ def train(
     Example: [bold]bptt train --strategy random --schedule polytail --model gru --hidden 256 --epochs 5[/]
     """
     from .config import load_config
+    from .launch import launched_rank
     from .train import resume as resume_run
     from .train import train as train_run
 
     flags = option_flags(TRAIN_KEYS, locals())
+    quiet = quiet or launched_rank() > 0  # torchrun's other processes print nothing but errors
     if resume is not None and (config or run_dir):
         raise ConfigError("--resume continues a run in its own directory with its saved config; drop --config/--run-dir")
     if resume is not None:

@@ -1,8 +1,8 @@
 """The error hierarchy: each expected failure is one line and an exit code.
 
 Exit codes: 2 usage or config, 3 data, 4 download, 5 checkpoint or run file (damaged, or cannot be
-written), 6 diverged, and 128 + the signal's number when a signal stopped the work: 130 Ctrl-C
-(SIGINT), 143 SIGTERM, 129 SIGHUP.
+written), 6 diverged, 7 process group (torchrun's processes could not join, or lost each other), and
+128 + the signal's number when a signal stopped the work: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ class TrainingDiverged(BpttError):
     """A non-finite loss or gradient stopped training."""
 
     exit_code = 6
+
+
+class DistributedError(BpttError):
+    """The process group could not be formed, or lost a process (a timeout or a closed connection)."""
+
+    exit_code = 7
 
 
 class Interrupted(BpttError):

@@ -7,6 +7,10 @@ drawn by `draw_masks` before the segment's forward pass and used by training for
 - locked (variational) dropout: one mask per stream, the same at every step, on each layer's output
   and, with an embedding, on its output (Gal & Ghahramani 2016);
 - embedding dropout: whole rows of the embedding (characters) dropped.
+
+A process that trains only some `columns` of a global batch (data-parallel training, distributed.py)
+draws every mask for the whole batch and keeps its columns (`train_columns`), so each stream's masks
+are the same however many processes share the batch.
 """
 
 from __future__ import annotations
@@ -52,6 +56,20 @@ class RecurrentLayer(nn.Module):
         return recur(self.cell, self.project(inputs), state, self.recurrent_weight(), self.bias_hh, xi)
 
 
+class StreamDropout(nn.Dropout):
+    """nn.Dropout for `columns` of a global batch of `streams`: the mask is drawn for every stream and cut
+    to these columns. On the whole batch it is nn.Dropout itself (the same draws, on every device)."""
+
+    streams: int | None = None  # width of the global batch (None: the input's own width)
+    columns = slice(None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.streams in (None, x.shape[1]):
+            return super().forward(x)
+        noise = x.new_empty(x.shape[0], self.streams, *x.shape[2:])  # what nn.Dropout draws on the CPU, widened
+        return x * noise.bernoulli_(1 - self.p).div_(1 - self.p)[:, self.columns]
+
+
 class CharRNN(nn.Module):
     def __init__(
         self, vocab_size: int, cell: Cell = Cell.rnn, hidden: int = 512, layers: int = 1,
@@ -63,27 +81,35 @@ class CharRNN(nn.Module):
         self.weight_drop, self.locked_dropout, self.embed_dropout = weight_drop, locked_dropout, embed_dropout
         self.locked_masks: list[torch.Tensor | None] = []  # [B, size] per dropped tensor: input (embedded), layers
         self.embed_mask: torch.Tensor | None = None
+        self.streams, self.columns = None, slice(None)  # the global batch's width and this process's streams
         self.embed = nn.Embedding(vocab_size, embedding) if embedding else None
         sizes = [embedding or vocab_size] + [hidden] * (layers - 1)
         self.layers = nn.ModuleList(
             RecurrentLayer(cell, size, hidden, one_hot=(i == 0 and not embedding)) for i, size in enumerate(sizes)
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = StreamDropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
+
+    def train_columns(self, streams: int, columns: slice) -> None:
+        """Train on `columns` of a global batch of `streams`: masks are drawn for all of them, these kept."""
+        self.streams, self.columns = streams, columns
+        self.drop.streams, self.drop.columns = streams, columns
 
     def init_state(self, batch_size: int) -> State:
         zeros = lambda: self.head.weight.new_zeros(batch_size, self.hidden)  # noqa: E731
         return [(zeros(), zeros()) if self.cell is Cell.lstm else (zeros(),) for _ in self.layers]
 
     def draw_masks(self, batch_size: int) -> None:
-        """New regularisation masks for the next segment (none when evaluating or when every rate is 0)."""
+        """New regularisation masks for the next segment (none when evaluating or when every rate is 0);
+        `batch_size` is the width of the batch unless `train_columns` gave the global one."""
         def keep(shape, p):
             return torch.bernoulli(self.head.weight.new_full(shape, 1 - p)) / (1 - p) if self.training and p else None
 
         for layer in self.layers:
             layer.weight_mask = keep(layer.weight_hh.shape, self.weight_drop)
         sizes = ([self.embed.embedding_dim] if self.embed is not None else []) + [self.hidden] * len(self.layers)
-        self.locked_masks = [keep((batch_size, size), self.locked_dropout) for size in sizes]
+        masks = [keep((self.streams or batch_size, size), self.locked_dropout) for size in sizes]
+        self.locked_masks = [None if mask is None else mask[self.columns] for mask in masks]
         self.embed_mask = keep((self.embed.num_embeddings, 1), self.embed_dropout) if self.embed is not None else None
 
     def embedded(self, x: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,9 @@ def kept_lines(path: Path, count: int) -> list[bytes]:
 class RunLog:
     """Metrics of one run: the current interval, the history, the best and last validation."""
 
-    def __init__(self, path: Path, clip: float):
-        self.path, self.clip = Path(path), clip
+    def __init__(self, path: Path, clip: float, write: bool = True):
+        """`write=False` keeps the same accounts without touching `path` (the processes other than rank 0)."""
+        self.path, self.clip, self.write = Path(path), clip, write
         self.sink = None  # called with every record written (the TensorBoard log), or None
         self.interval = Interval()
         self.norm_history: list[float] = []
@@ -143,7 +144,8 @@ class RunLog:
 
     def _write(self, record: dict) -> None:
         """One strict JSON line (a non-finite number is written as null), appended whole or not at all."""
-        append_line(self.path, to_json(record))
+        if self.write:
+            append_line(self.path, to_json(record))
         self.metrics_lines += 1
         if self.sink is not None:
             self.sink(record)
@@ -151,7 +153,7 @@ class RunLog:
     def rewind(self) -> None:
         """Keep only the metrics lines this log accounts for, checked to be whole JSON lines (before anything
         is written); a resumed run writes the later ones again."""
-        if self.path.exists():
+        if self.write and self.path.exists():
             lines = kept_lines(self.path, self.metrics_lines)
             atomic_write_bytes(self.path, b"".join(line.rstrip(b"\n") + b"\n" for line in lines))
 

@@ -100,3 +100,19 @@ def test_dropout_only_while_training():
     assert torch.equal(model(x, model.init_state(3))[0], plain(x, plain.init_state(3))[0])
     model.train()
     assert not torch.allclose(model(x, model.init_state(3))[0], plain(x, plain.init_state(3))[0])
+
+
+def test_stream_dropout_is_nn_dropout_and_cuts_the_global_batchs_mask_into_columns():
+    from bpttcli.model import StreamDropout
+
+    x = torch.randn(7, 6, 33, dtype=torch.float64)
+    torch.manual_seed(1)
+    reference, after = nn.Dropout(0.3)(x), torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(StreamDropout(0.3)(x), reference) and torch.equal(torch.rand(3), after)  # same RNG use
+    for columns in (slice(0, 3), slice(3, 6)):  # each of 2 processes: its streams of the 6-stream mask
+        shard = StreamDropout(0.3)
+        shard.streams, shard.columns = 6, columns
+        torch.manual_seed(1)
+        assert torch.equal(shard(x[:, columns]), reference[:, columns]) and torch.equal(torch.rand(3), after)
+    assert torch.equal(StreamDropout(0.3).eval()(x), x)

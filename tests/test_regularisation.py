@@ -83,3 +83,19 @@ def test_no_rates_draw_no_masks_and_no_random_numbers():
     model.draw_masks(2)
     assert torch.equal(torch.get_rng_state(), before)
     assert model.layers[0].weight_mask is None and model.locked_masks == [None]
+
+
+def test_a_process_training_some_columns_gets_those_columns_of_the_global_batchs_masks():
+    whole = regularised_model(Cell.lstm, embedding=4)
+    whole.train()
+    torch.manual_seed(3)
+    whole.draw_masks(6)
+    for columns in (slice(0, 3), slice(3, 6)):  # 2 processes with 3 of the 6 streams each
+        part = regularised_model(Cell.lstm, embedding=4)
+        part.train()
+        part.train_columns(6, columns)
+        torch.manual_seed(3)
+        part.draw_masks(3)
+        assert all(torch.equal(a.weight_mask, b.weight_mask) for a, b in zip(part.layers, whole.layers))
+        assert all(torch.equal(a, b[columns]) for a, b in zip(part.locked_masks, whole.locked_masks))
+        assert torch.equal(part.embed_mask, whole.embed_mask)

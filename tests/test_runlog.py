@@ -137,3 +137,15 @@ def test_rewind_ignores_a_torn_line_after_the_checkpoint(tmp_path):
         f.write(b'{"kind": "ev')  # what a kill -9 in the middle of a line would leave
     log.rewind()
     assert [e["step"] for e in lines(log)] == [1]
+
+
+def test_a_log_that_does_not_write_keeps_the_same_accounts(tmp_path):
+    """The processes other than rank 0: the same lines counted (a checkpoint's metrics_lines), no file touched."""
+    quiet, writer = RunLog(tmp_path / "quiet.jsonl", 1.0, write=False), RunLog(tmp_path / "metrics.jsonl", 1.0)
+    for log in (quiet, writer):
+        record(log, [20.0, 30.0], [0.5, 3.0])
+        log.flush(position(2), lr=0.1, elapsed=1.0)
+        log.record_eval(position(2), 2.0, 1.0)
+        log.rewind()
+    assert not (tmp_path / "quiet.jsonl").exists() and quiet.metrics_lines == writer.metrics_lines == 2
+    assert quiet.history == writer.history and quiet.best_val == writer.best_val
