@@ -8,11 +8,12 @@ for every later collective, so a lost peer is one line instead of a traceback or
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
 import os
 import re
+import sys
+from typing import Callable, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -82,7 +83,6 @@ def init_process_group() -> None:
             f"rank {launched_rank()} could not join the process group at {where} within {seconds:g} s "
             f"({_detail(exc)}); check that every node reaches it, or raise {TIMEOUT_VARIABLE}"
         ) from None
-    atexit.register(_leave)
 
 
 def _init(backend: str, limit: datetime.timedelta) -> None:
@@ -105,9 +105,26 @@ def _shared_store() -> bool:
     return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
 
 
-def _leave() -> None:
-    with contextlib.suppress(Exception):
-        dist.destroy_process_group()
+def run_and_exit(command: Callable[[], object]) -> NoReturn:
+    """Run `command` (the command line) in a process a launcher started, then leave the group and end the process.
+
+    The process ends with os._exit once its output is flushed, skipping the interpreter's shutdown: there,
+    C++ destructors of gloo's threads could abort a process that had finished its work ("terminate called
+    without an active exception", exit -6, seen on about 1 launch in 10), and torchrun reports the run as failed.
+    """
+    try:
+        command()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    if dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager

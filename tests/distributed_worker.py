@@ -20,6 +20,7 @@ import bpttcli.train as lib
 from bpttcli.config import load_config
 from bpttcli.distributed import join
 from bpttcli.errors import BpttError
+from bpttcli.launch import run_and_exit
 from tiny_run import PLAIN
 
 # the tests' plain run with 4 streams (2 per rank), every step logged, a validation every 4 updates; cases add
@@ -89,4 +90,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_and_exit(lambda: main(sys.argv[1]))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
+
+import pytest
 
 
 def free_port() -> int:
@@ -40,3 +44,20 @@ def test_restarts_across_machines_need_torchruns_store_per_round(bptt_error, mon
     torchrun_env(monkeypatch, LOCAL_WORLD_SIZE="1", TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_MAX_RESTARTS="2")
     line = bptt_error("train", "--data", tiny_corpus(), "-b", 4, "--run-dir", tmp_path / "run", code=2, alone=True)
     assert "needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in line
+
+
+ENDS = """
+import atexit, sys
+from bpttcli.launch import run_and_exit
+atexit.register(lambda: print("interpreter shutdown ran"))
+run_and_exit(lambda: (print("trained", end=""), sys.stderr.write("warned"), sys.exit({code!r})))
+"""
+
+
+@pytest.mark.parametrize("code, returncode, stderr", [(None, 0, "warned"), (143, 143, "warned"),
+                                                      ("error: bad", 1, "warnederror: bad\n")])
+def test_a_launched_process_ends_with_its_exit_code_and_output_but_no_interpreter_shutdown(code, returncode, stderr):
+    """After a launched command, the process exits at once (gloo's threads could abort the interpreter's
+    shutdown, and torchrun would report a finished run as failed), its output flushed and its code kept."""
+    done = subprocess.run([sys.executable, "-c", ENDS.format(code=code)], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (returncode, "trained", stderr)
