@@ -17,13 +17,12 @@ from torch import nn
 
 from bpttcli import recurrence
 from bpttcli.engine import forward_loss
-from bpttcli.memory import memory_measure, memory_meter
+from bpttcli.memory import allocation_peak, memory_measure, memory_meter
 from bpttcli.model import CharRNN
 
 import check_grads
 import gemm as gemm_rates
 from baseline import BuiltinLM
-from memory import allocation_peak
 from runners import TrainerLoop, baseline_loop
 
 BATCH, TAU, VOCAB = 32, 35, 28

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bpttcli.recurrence import available_paths, matmul, path_for, use_path
+from bpttcli.recurrence import available_paths, matmul, path_for, use_kernel, use_path
 from bpttcli.unrolled import unrolled_forward
 from helpers import ALL_CELLS, rel_err
 from recurrence_helpers import XI, gradients, models
@@ -21,7 +21,7 @@ from recurrence_helpers import XI, gradients, models
 def test_each_path_matches_the_float64_reference(path, cell, xi):
     model, reference = models(cell)
     expected = gradients(reference, lambda *a: unrolled_forward(reference, *a), xi)
-    with use_path(path):
+    with use_path(path), use_kernel("hand-written"):
         assert path_for(model.layers[0].weight_hh).name == path
         got = gradients(model, model, xi)
     assert rel_err(got, expected) < 1e-5

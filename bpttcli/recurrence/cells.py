@@ -42,11 +42,6 @@ def _gates(t: torch.Tensor, blocks: tuple[int, ...], size: int) -> list[tuple[to
     return [_steps(t, k, size) for k in blocks]
 
 
-def _blocks(t: torch.Tensor, order: tuple[int, ...], size: int) -> torch.Tensor:
-    """The size-`size` blocks of t's first dimension in `order` (a gate permutation), as a new tensor."""
-    return torch.cat([t.narrow(0, k * size, size) for k in order])
-
-
 def _weight_grad(path, d: torch.Tensor, hs: torch.Tensor) -> torch.Tensor:
     """sum_t d_t^T h_{t-1} as one GEMM over the window: d [T, B, G], hs [T+1, B, H] -> [G, H]."""
     return path.weight_grad(d.reshape(-1, d.shape[-1]), hs[:-1].reshape(-1, hs.shape[-1]))
@@ -133,32 +128,33 @@ class GRU(torch.autograd.Function):
         dhs = buffers.grad_buffer(dout, hs[1:])  # dL/dh_t from above; the carry from step t+1 is added in place
         if dlast is not None:
             dhs[-1] += dlast
-        # e = [dL/d(h W_n^T + b_n), dL/dr, dL/dz, dL/dn]: its first 3 blocks (gates n, r, z) multiply
-        # the row-permuted weight in the carry, its last 3 are the input gradient (r, z, n).
-        e = gates.new_empty(gates.shape[:-1] + (4 * hidden,))
-        carry, w_nrz = ctx.path.carry, ctx.path.prepare_carry(_blocks(weight, (2, 0, 1), hidden), hs.shape[1])
-        tmp = torch.empty_like(hs[0])
-        h, n, dhs_t, e_t = hs.unbind(0), ns.unbind(0), dhs.unbind(0), _steps(e, slice(0, 3), hidden)
-        r, z, hn = _gates(gates, (0, 1, 2), hidden)
-        dhn, dr, dz, dn = _gates(e, (0, 1, 2, 3), hidden)
-        dh = dhs_t[-1]
+        # e = [dL/dr, dL/dz, dL/d(h W_n^T + b_n)] = dL/dh_t [k_r, k_z, k_hn] and dn = dL/dh_t k_n, their factors
+        # taken for the whole window at once. e multiplies the weight in the carry (each step's rows
+        # contiguous, as oneDNN wants them); [dL/dr, dL/dz, dn] is the input gradient.
+        r, z, hn = (gates[..., j * hidden : (j + 1) * hidden] for j in range(3))
+        k = torch.empty_like(gates)
+        k_n = torch.empty_like(ns)
+        k_r, k_z, k_hn = (k[..., j * hidden : (j + 1) * hidden] for j in range(3))
+        tmp = torch.rsub(z, 1)
+        _tanh_backward(tmp, ns, grad_input=k_n)  # dn/dh = (1 - z)(1 - n^2)
+        _sigmoid_backward(torch.sub(hs[:-1], ns, out=tmp), z, grad_input=k_z)  # (h - n) z (1 - z)
+        _sigmoid_backward(hn, r, grad_input=k_r).mul_(k_n)  # dn hn r (1 - r)
+        torch.mul(k_n, r, out=k_hn)  # dn r
+        zxi = z if ctx.xi is None else z * z.new_tensor(xi).view(-1, 1, 1)
+        e, dn = torch.empty_like(k), torch.empty_like(ns)
+        carry, wc = ctx.path.carry, ctx.path.prepare_carry(weight, hs.shape[1])
+        dhs_t, e_t, dn_t, k_n, zxi = dhs.unbind(0), e.unbind(0), dn.unbind(0), k_n.unbind(0), zxi.unbind(0)
+        k3, e3 = k.unflatten(-1, (3, hidden)).unbind(0), e.unflatten(-1, (3, hidden)).unbind(0)
+        dh0 = torch.zeros_like(hs[0]) if ctx.needs_input_grad[1] else None
         for t in range(steps - 1, -1, -1):
-            torch.addcmul(dh, dh, z[t], value=-1, out=tmp)  # dL/dn = dh (1 - z)
-            _tanh_backward(tmp, n[t], grad_input=dn[t])
-            torch.sub(h[t], n[t], out=tmp).mul_(dh)  # dL/dz = dh (h - n)
-            _sigmoid_backward(tmp, z[t], grad_input=dz[t])
-            torch.mul(dn[t], hn[t], out=tmp)  # dL/dr
-            _sigmoid_backward(tmp, r[t], grad_input=dr[t])
-            torch.mul(dn[t], r[t], out=dhn[t])
-            if t > 0 or ctx.needs_input_grad[1]:
-                acc = dhs_t[t - 1] if t > 0 else torch.zeros_like(tmp)
-                if xi[t] != 0.0:  # + xi_t (dh z + dL/d(h W^T) W)
-                    carry(acc.addcmul_(dh, z[t], value=xi[t]), e_t[t], w_nrz, xi[t])
-                dh = acc
-        flat = e.view(-1, 4 * hidden)[:, : 3 * hidden]
-        dweight = _blocks(ctx.path.weight_grad(flat, hs[:-1].reshape(-1, hidden)), (1, 2, 0), hidden)
-        dbias = _blocks(flat.sum(0), (1, 2, 0), hidden)
-        return e[..., hidden:], dh if ctx.needs_input_grad[1] else None, dweight, dbias, None
+            dh = dhs_t[t]
+            torch.mul(k3[t], dh.unsqueeze(1), out=e3[t])
+            torch.mul(dh, k_n[t], out=dn_t[t])
+            acc = dhs_t[t - 1] if t > 0 else dh0
+            if acc is not None and xi[t] != 0.0:  # + xi_t (dh z + e W)
+                carry(acc.addcmul_(dh, zxi[t]), e_t[t], wc, xi[t])
+        dweight = ctx.path.weight_grad(e.view(-1, 3 * hidden), hs[:-1].reshape(-1, hidden))
+        return torch.cat([e[..., : 2 * hidden], dn], -1), dh0, dweight, e.sum((0, 1)), None
 
 
 class LSTM(torch.autograd.Function):
