@@ -39,21 +39,22 @@ def synchronize(device: torch.device):
 
 # ------------------------------------------------------------------------------------ correctness
 def correctness(args, data, device) -> dict:
-    """Max relative gradient error of every kernel path in fp32 (and fp64) against the fp64 unrolled reference."""
+    """Max relative gradient error of every kernel in fp32 (and fp64) against the fp64 unrolled reference:
+    the hand-written BPTT on each matmul path (xi with cuts, and xi = None), torch's fused kernel (xi = None)."""
+    kernels = [("hand-written", path) for path in recurrence.available_paths(device)] + [("fused", None)]
     rows = []
-    for path in recurrence.available_paths(device):
-        with recurrence.use_path(path):
-            for cell in [*args.cells, "linear"]:
+    for kernel, path in kernels:
+        with recurrence.use_kernel(kernel), recurrence.use_path(path):
+            for cell in [*args.cells, *(["linear"] if kernel == "hand-written" else [])]:
                 for layers in (1, 2):
                     errors = {
                         str(dtype).removeprefix("torch."): check_grads.max_error(
-                            cell, layers, dtype, steps=TAU, batch=4, hidden=48, vocab=VOCAB, device=device)
+                            cell, layers, dtype, steps=TAU, batch=4, hidden=48, vocab=VOCAB, device=device,
+                            cuts=kernel == "hand-written")
                         for dtype in (torch.float32, torch.float64) if dtype != torch.float64 or device.type != "mps"
                     }
-                    rows.append({"path": path, "cell": cell, "layers": layers, **errors})
-    auto = {f"{c}-{h}": recurrence.path_for(torch.empty(recurrence.GATES[recurrence.Cell(c)] * h, h, device=device)).name
-            for c in args.cells for h in args.hidden}
-    return {"auto_path": auto, "rows": rows}
+                    rows.append({"kernel": kernel, "path": path or "-", "cell": cell, "layers": layers, **errors})
+    return {"auto_kernel": {c: recurrence.describe(c, device) for c in args.cells}, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------- GEMM
@@ -99,12 +100,21 @@ def throughput(args, data, device) -> dict:
         print(f"[round {r + 1}/{args.rounds}]", end=" ", flush=True)
     rows = []
     for strategy, cell, hidden in configs:
-        row = {"strategy": strategy, "cell": cell, "hidden": hidden}
+        trainer = loops["bptt", strategy, cell, hidden].trainer
+        row = {"strategy": strategy, "cell": cell, "hidden": hidden, "kernel": kernel_of(trainer)}
         for impl in IMPLS:
             got = samples[(impl, strategy, cell, hidden)]
-            row[impl] = {"best": max(got), "median": statistics.median(got), "samples": got}
+            peak = allocation_peak(loops[(impl, strategy, cell, hidden)].step, device)  # one more step, profiled
+            row[impl] = {"best": max(got), "median": statistics.median(got), "samples": got, "peak_bytes": peak}
         rows.append(row)
     return {"rows": rows, "rounds": args.rounds, "seconds_per_sample": args.seconds}
+
+
+def kernel_of(trainer) -> str:
+    """The kernel the trainer's first layer runs on a segment of its strategy (recurrence/kernels.py's rule)."""
+    segment = trainer.strategy.next_segment(4 * TAU, torch.Generator().manual_seed(0))
+    xi = None if segment.xi is None else segment.xi.tolist()
+    return recurrence.name_for(trainer.model.cell, trainer.model.layers[0].weight_hh, xi)
 
 
 # -------------------------------------------------------------------------------------- allocator
@@ -209,8 +219,8 @@ def flush_denormals():
 
 
 def memory(args, data, device) -> dict:
-    """Peak bytes of one full-BPTT step against L (`bptt compare`'s meter), over the bytes of the L hidden
-    states (L * B * H * 4)."""
+    """Peak bytes of one full-BPTT step against L, over the bytes of the L hidden states (L * B * H * 4), on
+    two measures: every allocation (`allocation_peak`) and the activations autograd saves (`bptt compare`'s meter)."""
     with flush_denormals():
         return _memory(args, device)
 
@@ -225,9 +235,11 @@ def _memory(args, device) -> dict:
                 started, step = time.perf_counter(), make(cell, hidden, length, device)
                 with memory_meter(device) as meter:
                     step()
+                allocated = allocation_peak(step, device)
                 states = length * BATCH * hidden * 4
                 rows.append({"cell": cell, "impl": impl, "length": length, "peak_bytes": meter.peak,
-                             "state_bytes": states, "ratio": meter.peak / states,
+                             "state_bytes": states, "ratio": meter.peak / states, "alloc_bytes": allocated,
+                             "alloc_ratio": None if allocated is None else allocated / states,
                              "seconds": time.perf_counter() - started})
     return {"hidden": hidden, "batch": BATCH, "measure": memory_measure(device), "rows": rows}
 

@@ -128,3 +128,5 @@ def test_the_rule_is_what_runs():
     cpu = torch.device("cpu")
     assert describe(Cell.lstm, cpu).startswith("fused oneDNN where xi = 1, else hand-written")
     assert describe(Cell.gru, cpu).startswith("hand-written")
+    with use_kernel("fused"):
+        assert describe(Cell.gru, cpu).startswith("fused torch where xi = 1, else hand-written")

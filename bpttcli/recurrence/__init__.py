@@ -17,9 +17,9 @@ tests/test_recurrence_matmul.py and tests/test_recurrence_buffers.py.
 
 from ..choices import GATES, Cell
 from .cells import recur
-from .kernels import describe, kernel_for, use_kernel
+from .kernels import describe, kernel_for, name_for, use_kernel
 from .kernels import run as run_layer
 from .matmul import available_paths, path_for, use_path
 
-__all__ = ["Cell", "GATES", "recur", "run_layer", "describe", "kernel_for", "use_kernel", "available_paths", "path_for",
-           "use_path"]
+__all__ = ["Cell", "GATES", "recur", "run_layer", "describe", "kernel_for", "name_for", "use_kernel", "available_paths",
+           "path_for", "use_path"]

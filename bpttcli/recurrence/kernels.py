@@ -57,14 +57,19 @@ def kernel_for(cell: Cell, weight: torch.Tensor, xi: list[float] | None) -> str:
     return "fused" if fused_by_rule(cell, weight.device, weight.dtype) else "hand-written"
 
 
+def name_for(cell: Cell, weight: torch.Tensor, xi: list[float] | None) -> str:
+    """What `kernel_for` picks, with its library or matmul path: 'fused oneDNN', 'hand-written onednn', ..."""
+    if kernel_for(Cell(cell), weight, xi) == "fused":
+        return "fused " + {"cuda": "cuDNN", "cpu": "oneDNN" if Cell(cell) is Cell.lstm else "torch"}.get(
+            weight.device.type, weight.device.type)
+    return f"hand-written {path_for(weight).name}"
+
+
 def describe(cell: Cell, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
-    """The kernels a `cell` model runs on `device`, in words (for the run's header and the benchmark)."""
-    cell = Cell(cell)
-    hand = f"hand-written ({path_for(torch.empty(0, device=device, dtype=dtype)).name} matmuls)"
-    if cell in _FUSED and fused_by_rule(cell, device, dtype):
-        library = {"cuda": "cuDNN", "cpu": "oneDNN"}.get(device.type, device.type)
-        return f"fused {library} where xi = 1, else {hand}"
-    return hand
+    """The kernels a `cell` model runs on `device`, in words (for the run's header)."""
+    weight = torch.empty(0, device=device, dtype=dtype)
+    fused, hand = name_for(cell, weight, None), name_for(cell, weight, [0.0])
+    return hand if fused == hand else f"{fused} where xi = 1, else {hand}"
 
 
 def run(layer, inputs: torch.Tensor, state: tuple, xi: list[float] | None):
