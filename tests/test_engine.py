@@ -156,7 +156,7 @@ def test_recompute_keeps_loss_and_gradient(cell, xi):
 @pytest.mark.parametrize("cuts", [False, True])
 @pytest.mark.parametrize("skip", [0, 70])
 def test_long_segments_run_in_chunks_with_the_same_loss_and_gradient(cell, cuts, skip):
-    steps = 2 * engine.HEAD_CHUNK + 7  # chunks of 64, 64 and 7 steps
+    steps = engine.CHUNKED_FROM + 7  # 9 chunks of 14 steps and one of 9
     model = make_model(cell, vocab=V, hidden=H, layers=2)
     x, y = make_batch(V, steps, B)
     state = random_state(model, B)
@@ -187,7 +187,7 @@ def test_chunks_bound_the_full_bptt_memory(monkeypatch):
         return allocation_peak(work, torch.device("cpu")) / (steps * batch * hidden * 4)
 
     chunked = peak()
-    monkeypatch.setattr(engine, "HEAD_CHUNK", steps)
+    monkeypatch.setattr(engine, "CHUNKED_FROM", steps)
     assert chunked <= 1.5
     assert peak() > 1.8
 
