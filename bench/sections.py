@@ -218,9 +218,13 @@ def flush_denormals():
         torch.set_flush_denormal(False)  # torch's default; it has no getter to restore from
 
 
+PROFILED_LENGTH = 1000  # CPU: every allocation is counted up to this L (the profiler keeps every event: GBs beyond)
+
+
 def memory(args, data, device) -> dict:
     """Peak bytes of one full-BPTT step against L, over the bytes of the L hidden states (L * B * H * 4), on
-    two measures: every allocation (`allocation_peak`) and the activations autograd saves (`bptt compare`'s meter)."""
+    two measures: every allocation (`allocation_peak`, on the CPU up to PROFILED_LENGTH) and the activations
+    autograd saves (`bptt compare`'s meter)."""
     with flush_denormals():
         return _memory(args, device)
 
@@ -232,10 +236,17 @@ def _memory(args, device) -> dict:
         for impl, make in makers.items():
             make(cell, hidden, 8, device)()  # warm up lazily created state
             for length in args.lengths:
-                started, step = time.perf_counter(), make(cell, hidden, length, device)
-                with memory_meter(device) as meter:
-                    step()
-                allocated = allocation_peak(step, device)
+                started, step, meter = time.perf_counter(), make(cell, hidden, length, device), memory_meter(device)
+
+                def metered():
+                    with meter:
+                        step()
+
+                if length <= PROFILED_LENGTH or device.type != "cpu":  # both measures in one step: the meter
+                    allocated = allocation_peak(metered, device)  # allocates no tensors
+                else:
+                    allocated = None
+                    metered()
                 states = length * BATCH * hidden * 4
                 rows.append({"cell": cell, "impl": impl, "length": length, "peak_bytes": meter.peak,
                              "state_bytes": states, "ratio": meter.peak / states, "alloc_bytes": allocated,

@@ -7,10 +7,14 @@ h_{t-1} -> h_t by ``xi[t]`` (and the cell state's too, for the LSTM), and comput
 gradient with one GEMM over the window. Gate layouts follow PyTorch's nn.RNN/GRU/LSTM, so weights
 are interchangeable with the built-in modules.
 
-The step loops call only in-place or ``out=`` operators on buffers allocated once per window, on
-per-step views made in one `unbind` call each (no slicing or host sync per step). The backward's
-per-step matmul multiplies by W as stored; the forward's goes through a path from `matmul`. The
-backward's first buffer is the incoming output gradient itself when `buffers` says it may be.
+The step loops call only in-place or ``out=`` operators (or a matmul path's product) on buffers
+allocated once per window, on per-step views made in one `unbind` call each (no slicing or host
+sync per step). What does not depend on the carried gradient (the gates' derivatives, xi times the
+forget gate) is computed for the whole window before the backward's loop, which is then a few
+calls per step: the GRU's e.g. one broadcast multiply for three gates, one for the fourth, the
+carry. All three products (forward step, backward carry, weight gradient) go through the path
+`matmul.path_for` picks. The backward's first buffer is the incoming output gradient itself when
+`buffers` says it may be.
 """
 
 from __future__ import annotations
