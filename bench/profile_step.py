@@ -33,7 +33,10 @@ def main(argv=None) -> int:
     p.add_argument("--impl", choices=["bptt", "baseline"], default="bptt")
     p.add_argument("--steps", type=int, default=20, help="training steps profiled")
     p.add_argument("--top", type=int, default=15, help="operators shown")
+    p.add_argument("--threads", type=int, default=None, help="torch threads [torch's default] (1: robust to other load)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bptt-profile-") as tmp:
         data = benchmark.corpus(None, Path(tmp), quick=False)
         make = TrainerLoop if args.impl == "bptt" else baseline_loop
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
     total = sum(e.self_cpu_time_total for e in events)
     kernel = kernel_of(loop.trainer) if args.impl == "bptt" else f"torch nn.{args.cell.upper()}"
     print(f"{args.impl} {args.cell}-{args.hidden} {args.strategy} ({kernel}): {total / time_steps:.0f} us of CPU per "
-          f"time step (tau {TAU}, batch 32, {args.steps} steps)")
+          f"time step (tau {TAU}, batch 32, {args.steps} steps, {torch.get_num_threads()} threads)")
     print(f"{'operator':42s} {'us/step':>9s} {'calls/step':>10s} {'share':>6s}")
     for e in events[: args.top]:
         print(f"{e.key[:42]:42s} {e.self_cpu_time_total / time_steps:9.1f} {e.count / time_steps:10.2f} "
