@@ -1,6 +1,6 @@
 """Training throughput and memory of the BPTT kernels against a plain PyTorch baseline, in one run.
 
-    python bench/benchmark.py [--device auto|cpu|cuda|mps] [--quick] [--out bench/results]
+    python bench/benchmark.py [--device auto|cpu|cuda|mps] [--quick] [--threads N] [--out bench/results]
 
 Sections: gradient check of every kernel path (fp32 and fp64 against the unrolled autograd
 reference), GEMM rates at the model's shapes, tokens/s for strategy x cell x hidden (the
@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recompute-length", type=int, default=None, help="checkpointing window [20000; quick: 400]")
     p.add_argument("--corpus-mb", nargs="+", type=float, default=None, help="data: generated corpus sizes [100 1000; quick: 4]")
     p.add_argument("--skip", nargs="*", default=[], choices=list(SECTIONS), help="sections to leave out")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads [torch's default] (1: figures that other jobs on the machine disturb less)")
     p.add_argument("--allocator-probe", choices=["default", "tuned"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
@@ -108,6 +110,8 @@ def environment(device: torch.device) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cpu" and args.allocator_probe != "default":
         tune_allocator()

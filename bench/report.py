@@ -251,14 +251,13 @@ def _memory(section: dict, results: dict) -> list[str]:
         for impl in ("bptt", "baseline"):
             got = {r["length"]: r for r in section["rows"] if r["cell"] == cell and r["impl"] == impl}
             for measure, key in (("all", "alloc"), ("saved", "peak")):
-                cells = [f"{_mib(got[n][f'{key}_bytes'])} MiB ({_ratio(got[n][f'{key}_bytes'], got[n]['state_bytes'])})"
-                         for n in lengths]
+                cells = [_bytes_and_ratio(got[n][f"{key}_bytes"], got[n]["state_bytes"]) for n in lengths]
                 lines.append(f"| {cell} | {impl} | {measure} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _ratio(n, states) -> str:
-    return "n/a" if n is None else f"{n / states:.2f}x"
+def _bytes_and_ratio(n, states) -> str:
+    return "n/a" if n is None else f"{_mib(n)} MiB ({n / states:.2f}x)"
 
 
 def _recompute(section: dict, results: dict) -> list[str]:

@@ -123,7 +123,7 @@ def allocator(args, data, device) -> dict:
     if device.type != "cpu" or not sys.platform.startswith("linux"):
         return {"skipped": "glibc allocator tuning applies to Linux CPU runs only"}
     argv = ["--device", "cpu", "--data", str(data), "--hidden", str(max(args.hidden)), "--seconds", str(args.seconds)]
-    argv += ["--quick"] if args.quick else []
+    argv += (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
     runs = {mode: [] for mode in ("default", "tuned")}
     if args.quick:  # a smoke test of the code, not a measurement: this process is already tuned
         default = _start_self([*argv, "--allocator-probe", "default"])
