@@ -1,6 +1,6 @@
 """Training throughput and memory of the BPTT kernels against a plain PyTorch baseline, in one run.
 
-    python bench/benchmark.py [--device auto|cpu|cuda|mps] [--quick] [--out bench/results]
+    python bench/benchmark.py [--device auto|cpu|cuda|mps] [--quick] [--threads N] [--out bench/results]
 
 Sections: gradient check of every kernel path (fp32 and fp64 against the unrolled autograd
 reference), GEMM rates at the model's shapes, tokens/s for strategy x cell x hidden (the
@@ -9,8 +9,10 @@ glibc allocator tuning, peak memory of one full-BPTT step against the window len
 segment checkpointing (--recompute) over a long window, and the data path on corpora generated
 in a temporary directory (bench/corpora.py: preparation MB/s and peak memory, the start-up of a
 first and a second run, training chars/s on the book and on the largest corpus). Writes
-results.json and results.md under --out, and the Markdown to docs/benchmark.md (full runs only,
-or --docs PATH).
+results.json and results.md under --out, the Markdown to docs/benchmark.md (full runs only, or
+--docs PATH), and the throughput table and targets between the markers of README.md's performance
+section (full runs of every section only, or --readme PATH). Each throughput row names the kernel
+its bptt loop ran (recurrence/kernels.py) and the peak memory of one step of either loop.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a small, fast run (a smoke test, not for figures)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results", help="directory for results.json/.md")
     p.add_argument("--docs", type=Path, default=None, help="also write the Markdown here [full runs: docs/benchmark.md]")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="rewrite the performance table between this file's markers [full runs: README.md]")
     p.add_argument("--data", type=Path, default=None, help="corpus [../shared/data/timemachine.txt, else random]")
     p.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"])
     p.add_argument("--hidden", nargs="+", type=int, default=None, help="[256 512; quick: 32]")
@@ -57,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recompute-length", type=int, default=None, help="checkpointing window [20000; quick: 400]")
     p.add_argument("--corpus-mb", nargs="+", type=float, default=None, help="data: generated corpus sizes [100 1000; quick: 4]")
     p.add_argument("--skip", nargs="*", default=[], choices=list(SECTIONS), help="sections to leave out")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads [torch's default] (1: figures that other jobs on the machine disturb less)")
     p.add_argument("--allocator-probe", choices=["default", "tuned"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
@@ -69,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.corpus_mb = args.corpus_mb or ([4] if quick else [100, 1000])
     if args.docs is None and not quick:
         args.docs = ROOT / "docs/benchmark.md"
+    if args.readme is None and not quick and not args.skip:
+        args.readme = ROOT / "README.md"
     return args
 
 
@@ -102,6 +110,8 @@ def environment(device: torch.device) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cpu" and args.allocator_probe != "default":
         tune_allocator()
@@ -129,8 +139,10 @@ def main(argv=None) -> int:
     if args.docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
         args.docs.write_text(markdown, encoding="utf-8")
+    readme = bool(args.readme) and report.write_readme(args.readme, results)
     print(markdown)
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}" + (f", {args.docs}" if args.docs else ""))
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}" + (f", {args.docs}" if args.docs else "")
+          + (f", the table in {args.readme}" if readme else ""))
     return 0
 
 

@@ -17,13 +17,12 @@ from torch import nn
 
 from bpttcli import recurrence
 from bpttcli.engine import forward_loss
-from bpttcli.memory import memory_measure, memory_meter
+from bpttcli.memory import allocation_peak, memory_measure, memory_meter
 from bpttcli.model import CharRNN
 
 import check_grads
 import gemm as gemm_rates
 from baseline import BuiltinLM
-from memory import allocation_peak
 from runners import TrainerLoop, baseline_loop
 
 BATCH, TAU, VOCAB = 32, 35, 28
@@ -40,21 +39,22 @@ def synchronize(device: torch.device):
 
 # ------------------------------------------------------------------------------------ correctness
 def correctness(args, data, device) -> dict:
-    """Max relative gradient error of every kernel path in fp32 (and fp64) against the fp64 unrolled reference."""
+    """Max relative gradient error of every kernel in fp32 (and fp64) against the fp64 unrolled reference:
+    the hand-written BPTT on each matmul path (xi with cuts, and xi = None), torch's fused kernel (xi = None)."""
+    kernels = [("hand-written", path) for path in recurrence.available_paths(device)] + [("fused", None)]
     rows = []
-    for path in recurrence.available_paths(device):
-        with recurrence.use_path(path):
-            for cell in [*args.cells, "linear"]:
+    for kernel, path in kernels:
+        with recurrence.use_kernel(kernel), recurrence.use_path(path):
+            for cell in [*args.cells, *(["linear"] if kernel == "hand-written" else [])]:
                 for layers in (1, 2):
                     errors = {
                         str(dtype).removeprefix("torch."): check_grads.max_error(
-                            cell, layers, dtype, steps=TAU, batch=4, hidden=48, vocab=VOCAB, device=device)
+                            cell, layers, dtype, steps=TAU, batch=4, hidden=48, vocab=VOCAB, device=device,
+                            cuts=kernel == "hand-written")
                         for dtype in (torch.float32, torch.float64) if dtype != torch.float64 or device.type != "mps"
                     }
-                    rows.append({"path": path, "cell": cell, "layers": layers, **errors})
-    auto = {f"{c}-{h}": recurrence.path_for(torch.empty(recurrence.GATES[recurrence.Cell(c)] * h, h, device=device)).name
-            for c in args.cells for h in args.hidden}
-    return {"auto_path": auto, "rows": rows}
+                    rows.append({"kernel": kernel, "path": path or "-", "cell": cell, "layers": layers, **errors})
+    return {"auto_kernel": {c: recurrence.describe(c, device) for c in args.cells}, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------- GEMM
@@ -100,12 +100,21 @@ def throughput(args, data, device) -> dict:
         print(f"[round {r + 1}/{args.rounds}]", end=" ", flush=True)
     rows = []
     for strategy, cell, hidden in configs:
-        row = {"strategy": strategy, "cell": cell, "hidden": hidden}
+        trainer = loops["bptt", strategy, cell, hidden].trainer
+        row = {"strategy": strategy, "cell": cell, "hidden": hidden, "kernel": kernel_of(trainer)}
         for impl in IMPLS:
             got = samples[(impl, strategy, cell, hidden)]
-            row[impl] = {"best": max(got), "median": statistics.median(got), "samples": got}
+            peak = allocation_peak(loops[(impl, strategy, cell, hidden)].step, device)  # one more step, profiled
+            row[impl] = {"best": max(got), "median": statistics.median(got), "samples": got, "peak_bytes": peak}
         rows.append(row)
     return {"rows": rows, "rounds": args.rounds, "seconds_per_sample": args.seconds}
+
+
+def kernel_of(trainer) -> str:
+    """The kernel the trainer's first layer runs on a segment of its strategy (recurrence/kernels.py's rule)."""
+    segment = trainer.strategy.next_segment(4 * TAU, torch.Generator().manual_seed(0))
+    xi = None if segment.xi is None else segment.xi.tolist()
+    return recurrence.name_for(trainer.model.cell, trainer.model.layers[0].weight_hh, xi)
 
 
 # -------------------------------------------------------------------------------------- allocator
@@ -114,7 +123,7 @@ def allocator(args, data, device) -> dict:
     if device.type != "cpu" or not sys.platform.startswith("linux"):
         return {"skipped": "glibc allocator tuning applies to Linux CPU runs only"}
     argv = ["--device", "cpu", "--data", str(data), "--hidden", str(max(args.hidden)), "--seconds", str(args.seconds)]
-    argv += ["--quick"] if args.quick else []
+    argv += (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
     runs = {mode: [] for mode in ("default", "tuned")}
     if args.quick:  # a smoke test of the code, not a measurement: this process is already tuned
         default = _start_self([*argv, "--allocator-probe", "default"])
@@ -209,9 +218,13 @@ def flush_denormals():
         torch.set_flush_denormal(False)  # torch's default; it has no getter to restore from
 
 
+PROFILED_LENGTH = 1000  # CPU: every allocation is counted up to this L (the profiler keeps every event: GBs beyond)
+
+
 def memory(args, data, device) -> dict:
-    """Peak bytes of one full-BPTT step against L (`bptt compare`'s meter), over the bytes of the L hidden
-    states (L * B * H * 4)."""
+    """Peak bytes of one full-BPTT step against L, over the bytes of the L hidden states (L * B * H * 4), on
+    two measures: every allocation (`allocation_peak`, on the CPU up to PROFILED_LENGTH) and the activations
+    autograd saves (`bptt compare`'s meter)."""
     with flush_denormals():
         return _memory(args, device)
 
@@ -223,12 +236,21 @@ def _memory(args, device) -> dict:
         for impl, make in makers.items():
             make(cell, hidden, 8, device)()  # warm up lazily created state
             for length in args.lengths:
-                started, step = time.perf_counter(), make(cell, hidden, length, device)
-                with memory_meter(device) as meter:
-                    step()
+                started, step, meter = time.perf_counter(), make(cell, hidden, length, device), memory_meter(device)
+
+                def metered():
+                    with meter:
+                        step()
+
+                if length <= PROFILED_LENGTH or device.type != "cpu":  # both measures in one step: the meter
+                    allocated = allocation_peak(metered, device)  # allocates no tensors
+                else:
+                    allocated = None
+                    metered()
                 states = length * BATCH * hidden * 4
                 rows.append({"cell": cell, "impl": impl, "length": length, "peak_bytes": meter.peak,
-                             "state_bytes": states, "ratio": meter.peak / states,
+                             "state_bytes": states, "ratio": meter.peak / states, "alloc_bytes": allocated,
+                             "alloc_ratio": None if allocated is None else allocated / states,
                              "seconds": time.perf_counter() - started})
     return {"hidden": hidden, "batch": BATCH, "measure": memory_measure(device), "rows": rows}
 

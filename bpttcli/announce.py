@@ -8,6 +8,7 @@ import torch
 
 from .config import Config
 from .data import Dataset
+from .recurrence import describe
 from .runtime import activation_bytes
 from .ui import compact, plural
 
@@ -24,12 +25,13 @@ def budget(config: Config) -> str:
 
 def header(c: Config, params: int, device: torch.device, data: Dataset, steps_per_epoch: int, run_dir: Path,
            updates: int, whole_epoch: bool) -> str:
-    """Three lines (four for full BPTT over whole epochs): model and optimiser, data, budget and run directory."""
+    """Three lines (four for full BPTT over whole epochs): model, optimiser, device and the recurrence's kernel
+    (recurrence/kernels.py), data, budget and run directory."""
     o = c.optim
     text = (
         f"[bold]{c.strategy.name.value}[/] BPTT, tau {c.strategy.tau} · {c.model.cell.value.upper()}-"
         f"{c.model.hidden}x{c.model.layers}, {compact(params)} params · {o.optimizer.value} lr {o.lr:g} "
-        f"{o.schedule.value}, clip {o.clip:g} · {device.type}\n"
+        f"{o.schedule.value}, clip {o.clip:g} · {device.type} · kernel: {describe(c.model.cell, device)}\n"
         f"data: {compact(len(data.train))} train / {compact(len(data.val))} val chars · vocab "
         f"{len(data.vocab)} · {c.data.batch_size} {c.data.partition.value} streams of {compact(steps_per_epoch)}\n"
         f"budget: {budget(c)} · run: {run_dir}" + (f" · resuming at step {updates}" if updates else "")

@@ -20,27 +20,40 @@ def _segment_loss(model: CharRNN, x, y, state: State, xi, skip: int = 0):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"), state
 
 
+# A segment longer than CHUNKED_FROM steps runs in at least 10 chunks of at most HEAD_CHUNK steps: the steps whose
+# output layer runs (and whose dL/dh is materialised) at once. Truncated and random segments of tau = 35 stay whole.
+CHUNKED_FROM, HEAD_CHUNK = 128, 64
+
+
 def forward_loss(
     model: CharRNN, x, y, state: State, xi: list[float] | None = None, recompute: bool = False, skip: int = 0
 ):
     """Summed cross-entropy over a segment (its first `skip` targets left out) and the final state.
 
-    With `recompute`, the segment runs in chunks of ~sqrt(L) steps whose activations are
-    recomputed during backward (segment checkpointing): O(sqrt(L)) memory, the same gradient.
+    A segment longer than CHUNKED_FROM steps runs in chunks (recurrence, head, loss), the state carried
+    from chunk to chunk without a cut: the same gradient, but autograd, which runs the most recently
+    created ready node first, materialises each chunk's output-layer gradient dL/dh only just before
+    that chunk's recurrence backward, so that full BPTT holds the stored states and a chunk's worth of
+    gradient buffers, not a second [L, B, H] tensor. With `recompute`, the chunks are ~sqrt(L) steps whose
+    activations are recomputed during backward (segment checkpointing): O(sqrt(L)) memory, the same gradient.
     """
     steps = x.shape[0]
-    if not recompute or steps < 4:
+    if recompute and steps >= 4:
+        chunk, run = math.ceil(math.sqrt(steps)), _checkpointed
+    elif steps > CHUNKED_FROM:
+        chunk, run = min(HEAD_CHUNK, math.ceil(steps / 10)), _segment_loss
+    else:
         return _segment_loss(model, x, y, state, xi, skip)
-    chunk = math.ceil(math.sqrt(steps))
     total = 0.0
     for start in range(0, steps, chunk):
         part = slice(start, start + chunk)
-        loss, state = checkpoint(
-            _segment_loss, model, x[part], y[part], state, None if xi is None else xi[part], max(0, skip - start),
-            use_reentrant=False,
-        )
+        loss, state = run(model, x[part], y[part], state, None if xi is None else xi[part], max(0, skip - start))
         total = total + loss
     return total, state
+
+
+def _checkpointed(*args):
+    return checkpoint(_segment_loss, *args, use_reentrant=False)
 
 
 class Replay:

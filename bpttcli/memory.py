@@ -1,15 +1,21 @@
-"""Peak memory of a piece of work: the one meter `bptt compare` and the benchmark's memory section share.
+"""Peak memory of a piece of work: the meter `bptt compare` and the benchmark share, and all allocations.
 
 On a GPU it is CUDA's allocator peak above what was allocated when the work started. Elsewhere it is
 the peak of the activations autograd keeps for backward (tensors saved by the forward pass; views of
 one buffer counted once; parameters excluded): what a truncation strategy decides, without the
 process's fixed baseline, and cheap enough to run through a whole training run. It does not see
-inside torch.utils.checkpoint regions (--recompute), whose own saved-tensor hooks take precedence.
+inside torch.utils.checkpoint regions (--recompute), whose own saved-tensor hooks take precedence,
+nor buffers the backward allocates (the output layer's gradient dL/dh): `allocation_peak` does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
 import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -89,3 +95,48 @@ def memory_measure(device: torch.device) -> str:
     if device.type == "cuda":
         return "CUDA allocator peak (torch.cuda.max_memory_allocated), less what was allocated at the start"
     return "largest set of activations autograd held for backward (parameters excluded)"
+
+
+def allocation_peak(work: Callable[[], None], device: torch.device) -> int | None:
+    """Peak of (bytes allocated - bytes freed) while `work()` runs, from zero at its start: every tensor.
+
+    CPU: torch's memory profiler (`profile_memory=True`) records every allocation and free of the CPU
+    allocator with a timestamp; the running sum in time order peaks at the answer. It counts tensor
+    storage only (not the Python heap, not allocator caching), including what is made and freed inside
+    one operator. CUDA: the caching allocator's peak (CudaPeak). Other devices: not measured (None).
+    """
+    if device.type == "cuda":
+        with CudaPeak(device) as meter:
+            work()
+        return meter.peak
+    if device.type != "cpu":
+        work()
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        work()
+    records = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
+    running = peak = 0
+    for _, nbytes in records:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the profiler's own start/stop lines, which its C++ side writes to the stderr descriptor."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

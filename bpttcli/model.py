@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .recurrence import GATES, Cell, recur
+from .recurrence import GATES, Cell, run_layer
 
 State = list[tuple[torch.Tensor, ...]]  # per layer: (h,) or (h, c), each [B, H]
 
@@ -53,7 +53,7 @@ class RecurrentLayer(nn.Module):
         return F.linear(inputs, self.weight_ih, self.bias_ih)
 
     def forward(self, inputs, state, xi):
-        return recur(self.cell, self.project(inputs), state, self.recurrent_weight(), self.bias_hh, xi)
+        return run_layer(self, inputs, state, xi)  # torch's fused kernel or the hand-written BPTT (recurrence/kernels.py)
 
 
 class StreamDropout(nn.Dropout):

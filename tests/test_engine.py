@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bpttcli import engine
 from bpttcli.engine import evaluate, forward_loss, segments, window_gradient
-from bpttcli.model import detach_state
+from bpttcli.memory import allocation_peak
+from bpttcli.model import CharRNN, detach_state
 from bpttcli.recurrence import Cell
 from bpttcli.strategies import Full, RandomTruncation, Schedule, Truncated
 from bpttcli.theory import linear_rnn_gradients
@@ -148,6 +150,46 @@ def test_recompute_keeps_loss_and_gradient(cell, xi):
     (loss, grad), (loss_rc, grad_rc) = results
     assert abs(float(loss_rc - loss)) <= 1e-10 * abs(float(loss))
     assert rel_err(grad_rc, grad) < 1e-10
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+@pytest.mark.parametrize("cuts", [False, True])
+@pytest.mark.parametrize("skip", [0, 70])
+def test_long_segments_run_in_chunks_with_the_same_loss_and_gradient(cell, cuts, skip):
+    steps = engine.CHUNKED_FROM + 7  # 9 chunks of 14 steps and one of 9
+    model = make_model(cell, vocab=V, hidden=H, layers=2)
+    x, y = make_batch(V, steps, B)
+    state = random_state(model, B)
+    xi = torch.rand(steps, generator=torch.Generator().manual_seed(2), dtype=torch.float64).mul(2).tolist() if cuts else None
+    results = []
+    for run in (forward_loss, engine._segment_loss):  # in chunks, and in one piece
+        loss, final = run(model, x, y, state, xi, skip=skip)
+        results.append((loss.detach(), grad_of(loss + final_state_loss(final), leaves_of(model, state))))
+    (loss, grad), (whole_loss, whole_grad) = results
+    assert abs(float(loss - whole_loss)) <= 1e-12 * abs(float(whole_loss))
+    assert rel_err(grad, whole_grad) < 1e-10
+
+
+def test_chunks_bound_the_full_bptt_memory(monkeypatch):
+    """All allocations of a full-BPTT forward and backward (tanh RNN, float32) stay within 1.5x the stored
+    hidden states; in one piece the output layer's gradient [L, B, H] coexists with them (3.1x when written)."""
+    steps, batch, hidden = 640, 8, 256
+    torch.manual_seed(0)
+    model = CharRNN(28, Cell.rnn, hidden)
+    x, y = torch.randint(0, 28, (2, steps, batch))
+
+    def peak() -> float:
+        def work():
+            loss, _ = forward_loss(model, x, y, model.init_state(batch))
+            loss.backward()
+
+        model.zero_grad(set_to_none=True)
+        return allocation_peak(work, torch.device("cpu")) / (steps * batch * hidden * 4)
+
+    chunked = peak()
+    monkeypatch.setattr(engine, "CHUNKED_FROM", steps)
+    assert chunked <= 1.5
+    assert peak() > 1.8
 
 
 def test_evaluate_is_mean_cross_entropy():

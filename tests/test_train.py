@@ -337,6 +337,7 @@ def test_a_piped_run_prints_its_settings_periodic_progress_lines_and_why_it_stop
     assert running and len(during) >= 2, log.read_text()  # two progress lines while the run was still going
     lines = log.read_text().splitlines()
     assert "truncated BPTT, tau 5 · RNN-16x1, " in lines[0] and " params · sgd lr 1 constant, clip 1 · cpu" in lines[0]
+    assert lines[0].endswith(" · cpu · kernel: hand-written onednn")  # which kernel runs (recurrence/kernels.py)
     assert lines[2].startswith("budget: 1000000 epochs or 8 s · run: ")
     progress = [line for line in lines if line.startswith("train ")]
     assert len(progress) >= 4 and all(" chars · step " in line and " · eta " in line for line in progress)

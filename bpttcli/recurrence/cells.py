@@ -7,10 +7,14 @@ h_{t-1} -> h_t by ``xi[t]`` (and the cell state's too, for the LSTM), and comput
 gradient with one GEMM over the window. Gate layouts follow PyTorch's nn.RNN/GRU/LSTM, so weights
 are interchangeable with the built-in modules.
 
-The step loops call only in-place or ``out=`` operators on buffers allocated once per window, on
-per-step views made in one `unbind` call each (no slicing or host sync per step). The backward's
-per-step matmul multiplies by W as stored; the forward's goes through a path from `matmul`. The
-backward's first buffer is the incoming output gradient itself when `buffers` says it may be.
+The step loops call only in-place or ``out=`` operators (or a matmul path's product) on buffers
+allocated once per window, on per-step views made in one `unbind` call each (no slicing or host
+sync per step). What does not depend on the carried gradient (the gates' derivatives, xi times the
+forget gate) is computed for the whole window before the backward's loop, which is then a few
+calls per step: the GRU's e.g. one broadcast multiply for three gates, one for the fourth, the
+carry. All three products (forward step, backward carry, weight gradient) go through the path
+`matmul.path_for` picks. The backward's first buffer is the incoming output gradient itself when
+`buffers` says it may be.
 """
 
 from __future__ import annotations
@@ -42,14 +46,9 @@ def _gates(t: torch.Tensor, blocks: tuple[int, ...], size: int) -> list[tuple[to
     return [_steps(t, k, size) for k in blocks]
 
 
-def _blocks(t: torch.Tensor, order: tuple[int, ...], size: int) -> torch.Tensor:
-    """The size-`size` blocks of t's first dimension in `order` (a gate permutation), as a new tensor."""
-    return torch.cat([t.narrow(0, k * size, size) for k in order])
-
-
-def _weight_grad(d: torch.Tensor, hs: torch.Tensor) -> torch.Tensor:
+def _weight_grad(path, d: torch.Tensor, hs: torch.Tensor) -> torch.Tensor:
     """sum_t d_t^T h_{t-1} as one GEMM over the window: d [T, B, G], hs [T+1, B, H] -> [G, H]."""
-    return torch.mm(d.reshape(-1, d.shape[-1]).t(), hs[:-1].reshape(-1, hs.shape[-1]))
+    return path.weight_grad(d.reshape(-1, d.shape[-1]), hs[:-1].reshape(-1, hs.shape[-1]))
 
 
 # ------------------------------------------------------------------------------------- kernels
@@ -65,16 +64,16 @@ class ElmanRNN(torch.autograd.Function):
         hs[0] = h0
         path.prefill(hs[1:], gx, bias)  # pre-activations, turned into h_t step by step
         h = hs.unbind(0)
-        if path.packed or linear:
+        if linear:
             for prev, cur, x in zip(h, h[1:], gx.unbind(0)):
-                path.step(cur, prev, x, w)
-                if not linear:
-                    cur.tanh_()
-        else:  # the hot loop of the portable path, two calls per step
-            for prev, cur in zip(h, h[1:]):
-                cur.addmm_(prev, w).tanh_()
+                pre = path.step(cur, prev, x, w)
+                if pre is not cur:
+                    cur.copy_(pre)
+        else:  # the hot loop, two calls per step
+            for prev, cur, x in zip(h, h[1:], gx.unbind(0)):
+                torch.tanh(path.step(cur, prev, x, w), out=cur)
         ctx.save_for_backward(hs, weight)
-        ctx.xi, ctx.linear = xi, linear
+        ctx.xi, ctx.linear, ctx.path = xi, linear, path
         return hs[1:], h[-1].clone()
 
     @staticmethod
@@ -85,13 +84,14 @@ class ElmanRNN(torch.autograd.Function):
         if dlast is not None:
             da[-1] += dlast
         h, d, tanh_backward = hs.unbind(0), da.unbind(0), None if ctx.linear else _tanh_backward
+        carry, wc = ctx.path.carry, ctx.path.prepare_carry(weight, hs.shape[1])
         for t in range(steps - 1, -1, -1):
             if t + 1 < steps and xi[t + 1] != 0.0:  # + xi_{t+1} dL/da_{t+1} W
-                d[t].addmm_(d[t + 1], weight, alpha=xi[t + 1])
+                carry(d[t], d[t + 1], wc, xi[t + 1])
             if tanh_backward:
                 tanh_backward(d[t], h[t + 1], grad_input=d[t])
         dh0 = torch.mm(d[0], weight).mul_(xi[0]) if ctx.needs_input_grad[1] else None
-        return da, dh0, _weight_grad(da, hs), da.sum((0, 1)), None, None
+        return da, dh0, _weight_grad(ctx.path, da, hs), da.sum((0, 1)), None, None
 
 
 class GRU(torch.autograd.Function):
@@ -122,7 +122,7 @@ class GRU(torch.autograd.Function):
             torch.addcmul(xn[t], r[t], hn[t], out=n[t]).tanh_()
             torch.lerp(n[t], h[t], z[t], out=h[t + 1])  # n + z (h - n)
         ctx.save_for_backward(hs, gates, ns, weight)
-        ctx.xi = xi
+        ctx.xi, ctx.path = xi, path
         return hs[1:], h[-1].clone()
 
     @staticmethod
@@ -132,32 +132,33 @@ class GRU(torch.autograd.Function):
         dhs = buffers.grad_buffer(dout, hs[1:])  # dL/dh_t from above; the carry from step t+1 is added in place
         if dlast is not None:
             dhs[-1] += dlast
-        # e = [dL/d(h W_n^T + b_n), dL/dr, dL/dz, dL/dn]: its first 3 blocks (gates n, r, z) multiply
-        # the row-permuted weight in the carry, its last 3 are the input gradient (r, z, n).
-        e = gates.new_empty(gates.shape[:-1] + (4 * hidden,))
-        w_nrz = _blocks(weight, (2, 0, 1), hidden)
-        tmp = torch.empty_like(hs[0])
-        h, n, dhs_t, e_t = hs.unbind(0), ns.unbind(0), dhs.unbind(0), _steps(e, slice(0, 3), hidden)
-        r, z, hn = _gates(gates, (0, 1, 2), hidden)
-        dhn, dr, dz, dn = _gates(e, (0, 1, 2, 3), hidden)
-        dh = dhs_t[-1]
+        # e = [dL/dr, dL/dz, dL/d(h W_n^T + b_n)] = dL/dh_t [k_r, k_z, k_hn] and dn = dL/dh_t k_n, their factors
+        # taken for the whole window at once. e multiplies the weight in the carry (each step's rows
+        # contiguous, as oneDNN wants them); [dL/dr, dL/dz, dn] is the input gradient.
+        r, z, hn = (gates[..., j * hidden : (j + 1) * hidden] for j in range(3))
+        k = torch.empty_like(gates)
+        k_n = torch.empty_like(ns)
+        k_r, k_z, k_hn = (k[..., j * hidden : (j + 1) * hidden] for j in range(3))
+        tmp = torch.rsub(z, 1)
+        _tanh_backward(tmp, ns, grad_input=k_n)  # dn/dh = (1 - z)(1 - n^2)
+        _sigmoid_backward(torch.sub(hs[:-1], ns, out=tmp), z, grad_input=k_z)  # (h - n) z (1 - z)
+        _sigmoid_backward(hn, r, grad_input=k_r).mul_(k_n)  # dn hn r (1 - r)
+        torch.mul(k_n, r, out=k_hn)  # dn r
+        zxi = z if ctx.xi is None else z * z.new_tensor(xi).view(-1, 1, 1)
+        e, dn = torch.empty_like(k), torch.empty_like(ns)
+        carry, wc = ctx.path.carry, ctx.path.prepare_carry(weight, hs.shape[1])
+        dhs_t, e_t, dn_t, k_n, zxi = dhs.unbind(0), e.unbind(0), dn.unbind(0), k_n.unbind(0), zxi.unbind(0)
+        k3, e3 = k.unflatten(-1, (3, hidden)).unbind(0), e.unflatten(-1, (3, hidden)).unbind(0)
+        dh0 = torch.zeros_like(hs[0]) if ctx.needs_input_grad[1] else None
         for t in range(steps - 1, -1, -1):
-            torch.addcmul(dh, dh, z[t], value=-1, out=tmp)  # dL/dn = dh (1 - z)
-            _tanh_backward(tmp, n[t], grad_input=dn[t])
-            torch.sub(h[t], n[t], out=tmp).mul_(dh)  # dL/dz = dh (h - n)
-            _sigmoid_backward(tmp, z[t], grad_input=dz[t])
-            torch.mul(dn[t], hn[t], out=tmp)  # dL/dr
-            _sigmoid_backward(tmp, r[t], grad_input=dr[t])
-            torch.mul(dn[t], r[t], out=dhn[t])
-            if t > 0 or ctx.needs_input_grad[1]:
-                acc = dhs_t[t - 1] if t > 0 else torch.zeros_like(tmp)
-                if xi[t] != 0.0:  # + xi_t (dh z + dL/d(h W^T) W)
-                    acc.addcmul_(dh, z[t], value=xi[t]).addmm_(e_t[t], w_nrz, alpha=xi[t])
-                dh = acc
-        flat = e.view(-1, 4 * hidden)[:, : 3 * hidden]
-        dweight = _blocks(torch.mm(flat.t(), hs[:-1].reshape(-1, hidden)), (1, 2, 0), hidden)
-        dbias = _blocks(flat.sum(0), (1, 2, 0), hidden)
-        return e[..., hidden:], dh if ctx.needs_input_grad[1] else None, dweight, dbias, None
+            dh = dhs_t[t]
+            torch.mul(k3[t], dh.unsqueeze(1), out=e3[t])
+            torch.mul(dh, k_n[t], out=dn_t[t])
+            acc = dhs_t[t - 1] if t > 0 else dh0
+            if acc is not None and xi[t] != 0.0:  # + xi_t (dh z + e W)
+                carry(acc.addcmul_(dh, zxi[t]), e_t[t], wc, xi[t])
+        dweight = ctx.path.weight_grad(e.view(-1, 3 * hidden), hs[:-1].reshape(-1, hidden))
+        return torch.cat([e[..., : 2 * hidden], dn], -1), dh0, dweight, e.sum((0, 1)), None
 
 
 class LSTM(torch.autograd.Function):
@@ -171,62 +172,64 @@ class LSTM(torch.autograd.Function):
         hs = gx.new_empty((gx.shape[0] + 1,) + h0.shape)
         cs = torch.empty_like(hs)
         hs[0], cs[0] = h0, c0
-        tcs, psis = torch.empty_like(hs[1:]), torch.empty_like(hs[1:])  # tanh(c_t); o_t (1 - tanh^2(c_t))
+        tcs = torch.empty_like(hs[1:])  # tanh(c_t)
         gates = torch.empty_like(gx)  # i, f, g, o after their nonlinearities
         path.prefill(gates, gx, bias)
-        h, c, tc, psi, a, x = hs.unbind(0), cs.unbind(0), tcs.unbind(0), psis.unbind(0), gates.unbind(0), gx.unbind(0)
+        h, c, tc, a, x = hs.unbind(0), cs.unbind(0), tcs.unbind(0), gates.unbind(0), gx.unbind(0)
         i_f, i, f, g, o = _steps(gates, slice(0, 2), hidden), *_gates(gates, (0, 1, 2, 3), hidden)
         for t in range(len(tc)):
-            path.step(a[t], h[t], x[t], w)
-            i_f[t].sigmoid_()
-            g[t].tanh_()
-            o[t].sigmoid_()
+            pre = path.step(a[t], h[t], x[t], w)
+            torch.sigmoid(pre[:, : 2 * hidden], out=i_f[t])
+            torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=g[t])
+            torch.sigmoid(pre[:, 3 * hidden :], out=o[t])
             torch.mul(f[t], c[t], out=c[t + 1]).addcmul_(i[t], g[t])
             torch.tanh(c[t + 1], out=tc[t])
             torch.mul(o[t], tc[t], out=h[t + 1])
-            _tanh_backward(o[t], tc[t], grad_input=psi[t])
-        ctx.save_for_backward(hs, cs, tcs, psis, gates, weight)
-        ctx.xi = xi
+        ctx.save_for_backward(hs, cs, tcs, gates, weight)
+        ctx.xi, ctx.path = xi, path
         return hs[1:], h[-1].clone(), c[-1].clone()
 
     @staticmethod
     def backward(ctx, dout, dlast_h, dlast_c):
-        hs, cs, tcs, psis, gates, weight = ctx.saved_tensors
+        hs, cs, tcs, gates, weight = ctx.saved_tensors
         steps, hidden, xi = tcs.shape[0], hs.shape[-1], _weights(ctx.xi, tcs.shape[0])
         dhs = buffers.grad_buffer(dout, hs[1:])
         if dlast_h is not None:
             dhs[-1] += dlast_h
+        # The step loop's factors, for the whole window at once: dL/dc_t = dh_t psi_t + dL/dc_{t+1} fxi_t,
+        # [di, df, dg]_t = dL/dc_t [k_i, k_f, k_g]_t and do_t = dh_t k_o_t.
+        i, f, g, o = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
+        psi = torch.ops.aten.tanh_backward(o, tcs)  # o (1 - tanh^2 c)
+        k = torch.empty_like(gates)
+        _sigmoid_backward(g, i, grad_input=k[..., :hidden])
+        _sigmoid_backward(cs[:-1], f, grad_input=k[..., hidden : 2 * hidden])
+        _tanh_backward(i, g, grad_input=k[..., 2 * hidden : 3 * hidden])
+        _sigmoid_backward(tcs, o, grad_input=k[..., 3 * hidden :])
+        fxi = f[1:] if ctx.xi is None else f[1:] * f.new_tensor(xi[1:]).view(-1, 1, 1)
         dgates = torch.empty_like(gates)
-        tmp, dc, dc_next = torch.empty_like(hs[0]), torch.empty_like(hs[0]), torch.empty_like(hs[0])
-        c, tc, psi, dhs_t, d = cs.unbind(0), tcs.unbind(0), psis.unbind(0), dhs.unbind(0), dgates.unbind(0)
-        i, f, g, o = _gates(gates, (0, 1, 2, 3), hidden)
-        i_f, d_if = _steps(gates, slice(0, 2), hidden), _steps(dgates, slice(0, 2), hidden)
-        di, df, dg, do = _gates(dgates, (0, 1, 2, 3), hidden)
-        dh = dhs_t[-1]
+        carry, wc = ctx.path.carry, ctx.path.prepare_carry(weight, hs.shape[1])
+        dhs_t, d, psi, fxi = dhs.unbind(0), dgates.unbind(0), psi.unbind(0), fxi.unbind(0)
+        k_ifg, d_ifg = (t[..., : 3 * hidden].unflatten(-1, (3, hidden)).unbind(0) for t in (k, dgates))
+        k_o, d_o = _steps(k, 3, hidden), _steps(dgates, 3, hidden)
+        dc, dc_next = torch.empty_like(hs[0]), torch.empty_like(hs[0])
         for t in range(steps - 1, -1, -1):
+            dh = dhs_t[t]
             torch.mul(dh, psi[t], out=dc)  # dL/dc_t: through h_t, plus the carry from c_{t+1}
             if t + 1 < steps:
-                dc.addcmul_(dc_next, f[t + 1], value=xi[t + 1])
+                dc.addcmul_(dc_next, fxi[t])
             elif dlast_c is not None:
                 dc.add_(dlast_c)
-            torch.mul(dh, tc[t], out=tmp)
-            _sigmoid_backward(tmp, o[t], grad_input=do[t])
-            torch.mul(dc, g[t], out=di[t])
-            torch.mul(dc, c[t], out=df[t])
-            _sigmoid_backward(d_if[t], i_f[t], grad_input=d_if[t])
-            torch.mul(dc, i[t], out=tmp)
-            _tanh_backward(tmp, g[t], grad_input=dg[t])
-            if t > 0:
-                dh = dhs_t[t - 1]
-                if xi[t] != 0.0:
-                    dh.addmm_(d[t], weight, alpha=xi[t])
+            torch.mul(k_ifg[t], dc.unsqueeze(1), out=d_ifg[t])
+            torch.mul(dh, k_o[t], out=d_o[t])
+            if t > 0 and xi[t] != 0.0:
+                carry(dhs_t[t - 1], d[t], wc, xi[t])
             dc, dc_next = dc_next, dc
         dh0 = dc0 = None
         if ctx.needs_input_grad[1]:
             dh0 = torch.mm(d[0], weight).mul_(xi[0])
         if ctx.needs_input_grad[2]:
             dc0 = torch.mul(dc_next, f[0]).mul_(xi[0])
-        return dgates, dh0, dc0, _weight_grad(dgates, hs), dgates.sum((0, 1)), None
+        return dgates, dh0, dc0, _weight_grad(ctx.path, dgates, hs), dgates.sum((0, 1)), None
 
 
 def recur(cell: Cell, gx, state: tuple, weight, bias, xi: list[float] | None):
