@@ -117,6 +117,7 @@ def main(argv=None) -> int:
         tune_allocator()
     with tempfile.TemporaryDirectory(prefix="bptt-bench-") as tmp:
         os.environ["BPTT_DATA_DIR"] = str(Path(tmp) / "data")  # the token cache of this run, deleted with it
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # what the memory profiler makes
         data = corpus(args.data, Path(tmp), args.quick)
         if args.allocator_probe:
             print(json.dumps(sections.allocator_probe(args, data, device, args.allocator_probe == "tuned")))

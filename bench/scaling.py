@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOK = ROOT.parent / "shared/data/timemachine.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark import ROOT, corpus  # noqa: E402  (the book, else random letters)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,21 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch % args.processes or (args.device == "cpu" and args.threads % args.processes):
         p.error("--batch (and on the CPU --threads) must be multiples of --processes")
     return args
-
-
-def corpus(path: Path | None, workdir: Path, quick: bool) -> Path:
-    """The book if present (not for --quick), else random lowercase letters and spaces."""
-    if path is not None:
-        return path
-    if BOOK.is_file() and not quick:
-        return BOOK
-    import random
-
-    rng = random.Random(0)
-    text = workdir / "random.txt"
-    size = 2_000 if quick else 20_000
-    text.write_text("".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(size)), encoding="utf-8")
-    return text
 
 
 # a plain model and optimizer (no regularisers, no averaging) and no time limit: the steps measure the all-reduce
