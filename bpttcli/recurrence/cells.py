@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import torch
 
+from ..choices import Cell
 from . import buffers
 from .matmul import path_for
 
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), one fused kernel
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y * (1 - y)
-
-
-from ..choices import Cell
-
 
 # ----------------------------------------------------------------------------------- helpers
 def _weights(xi: list[float] | None, steps: int) -> list[float]:
