@@ -8,6 +8,7 @@ BPTT that multiplies the gradient along h_{t-1} -> h_t by xi[t].
                 xi = 1 and a rule picks it, else the hand-written BPTT of cells.py
     buffers.py  the backward reuses the output gradient's buffer when autograd hands over its only
                 reference, read from `_use_count` and `sys.getrefcount`
+    forcing.py  `use_path` / `use_kernel`: a thread forces a path or a kernel (tests, benchmarks)
 
 matmul.py and buffers.py lean on torch internals (a private op, reference counts), so they are what
 a torch upgrade is most likely to break: matmul.py checks the op once and falls back to addmm,

@@ -15,31 +15,19 @@ generic loop 1.5-2x); `hand-written` everywhere else. `use_kernel` forces one (t
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import torch
 import torch.nn.functional as F
 
 from ..choices import Cell
 from .cells import recur
+from .forcing import Forcing
 from .matmul import path_for
 
 KERNELS = ("fused", "hand-written")
 _FUSED = {Cell.rnn: torch._VF.rnn_tanh, Cell.gru: torch._VF.gru, Cell.lstm: torch._VF.lstm}
-_forced = threading.local()
-
-
-@contextlib.contextmanager
-def use_kernel(name: str | None):
-    """Force kernel `name` in this thread where it can run (fused: xi = 1, not the linear cell); None: the rule."""
-    if name is not None and name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
-    previous, _forced.name = getattr(_forced, "name", None), name
-    try:
-        yield
-    finally:
-        _forced.name = previous
+_forcing = Forcing("kernel", KERNELS)
+# force kernel `name` in this thread where it can run (fused: xi = 1, not the linear cell); None: the rule
+use_kernel = _forcing.use
 
 
 def fused_by_rule(cell: Cell, device: torch.device, dtype: torch.dtype) -> bool:
@@ -51,7 +39,7 @@ def kernel_for(cell: Cell, weight: torch.Tensor, xi: list[float] | None) -> str:
     """The kernel that runs a segment of `cell` with recurrent weight `weight` and step weights `xi`."""
     if xi is not None or cell not in _FUSED:
         return "hand-written"
-    forced = getattr(_forced, "name", None)
+    forced = _forcing.name
     if forced is not None:
         return forced
     return "fused" if fused_by_rule(cell, weight.device, weight.dtype) else "hand-written"

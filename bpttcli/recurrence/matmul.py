@@ -13,10 +13,9 @@ back. `use_path` forces a path (tests, benchmarks).
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import torch
+
+from .forcing import Forcing
 
 
 class PortablePath:
@@ -115,7 +114,9 @@ PATHS = {"portable": PortablePath, "mkl": MklPath, "onednn": OneDnnPath}
 PACK_MIN_WEIGHT = 1 << 18  # elements of W from which `mkl` pays off (H = 512 for every cell)
 _portable = PortablePath()
 _checked: dict[str, PortablePath | None] = {}  # private path name -> the path, or None where it failed its check
-_forced = threading.local()
+_forcing = Forcing("path", PATHS)
+# force path `name` in this thread; a forced private path still falls back to `portable` where it cannot run
+use_path = _forcing.use
 
 
 def _self_checked(name: str) -> PortablePath | None:
@@ -142,25 +143,10 @@ def available_paths(device: torch.device | str = "cpu") -> list[str]:
     return [*private, "portable"]
 
 
-@contextlib.contextmanager
-def use_path(name: str | None):
-    """Force path `name` in this thread (tests, benchmarks); None restores the automatic choice.
-
-    A forced private path still falls back to `portable` where it cannot run (not CPU float32).
-    """
-    if name is not None and name not in PATHS:
-        raise ValueError(f"unknown path {name!r}; choose from {', '.join(PATHS)}")
-    previous, _forced.name = getattr(_forced, "name", None), name
-    try:
-        yield
-    finally:
-        _forced.name = previous
-
-
 def path_for(weight: torch.Tensor) -> PortablePath:
     """The forced path, else `onednn` for CPU float32 weights, else `mkl` from PACK_MIN_WEIGHT elements,
     else portable (each private path only where its self-check passed)."""
-    forced = getattr(_forced, "name", None)
+    forced = _forcing.name
     if forced == "portable" or weight.device.type != "cpu" or weight.dtype != torch.float32:
         return _portable
     if forced is not None:
