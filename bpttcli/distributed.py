@@ -120,8 +120,11 @@ class SingleProcess:
         """`compute()` on local rank 0 first, then on the node's other ranks (a download happens once)."""
         return compute()
 
-    def restore_device_rng(self, states: list) -> None:
-        """After a resume: this rank's GPU continues rank 0's random stream (the same on every rank)."""
+    def restore_device_rng(self, device: torch.device, states: list) -> None:
+        """After a resume: the GPUs' saved random states (under a group, this rank's GPU continues rank 0's
+        stream, the same on every rank)."""
+        if device.type == "cuda" and states:
+            torch.cuda.set_rng_state_all(states)
 
     @contextlib.contextmanager
     def holding(self, run_dir: Path, create: bool = False):
@@ -251,9 +254,9 @@ class ProcessGroup(SingleProcess):
             if self.local_rank == 0:
                 self.barrier()
 
-    def restore_device_rng(self, states):
-        if self.device.type == "cuda" and states:
-            torch.cuda.set_rng_state(states[0], self.device)
+    def restore_device_rng(self, device, states):
+        if device.type == "cuda" and states:
+            torch.cuda.set_rng_state(states[0], device)
 
 
 # ----------------------------------------------------------------------------------- helpers

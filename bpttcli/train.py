@@ -278,10 +278,8 @@ class Trainer:
             self.updates, self.epoch, self.tokens = p["step"], p["epoch"], p["tokens"]
             torch.set_rng_state(p["rng"]["torch"])
             self.generator.set_state(p["rng"]["generator"])
-            if self.device.type == "cuda" and p["rng"]["cuda"]:
-                torch.cuda.set_rng_state_all(p["rng"]["cuda"])
+            self.group.restore_device_rng(self.device, p["rng"]["cuda"])
             self.batcher.load_state_dict(p["batcher"])
-            self.group.restore_device_rng(p["rng"]["cuda"])
             hidden, replay = self.group.my_streams(p["hidden"], p.get("replay"))  # at any number of processes
             self.state = [tuple(t.to(self.device) for t in layer) for layer in hidden]
             self.replay.load_state_dict(replay, self.device)
